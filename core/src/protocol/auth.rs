@@ -1,0 +1,1 @@
+//! Auth server protocol: newline-delimited JSON over TCP.

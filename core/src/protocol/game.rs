@@ -1,0 +1,1 @@
+//! Game server protocol: JSON datagrams over UDP, text lines over TCP.
