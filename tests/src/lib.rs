@@ -1,1 +1,117 @@
-//! Helpers shared by the integration tests.
+//! Where the real services started by `hack/devenv up` listen, and checks that fail
+//! loudly, naming the missing service, when one is not there. Tests never skip.
+//!
+//! Each address can be overridden with the environment variable named beside it.
+#![forbid(unsafe_code)]
+
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub fn redis_url() -> String {
+    env_or("TANKS_REDIS_URL", "redis://127.0.0.1:6379/0")
+}
+
+pub fn amqp_url() -> String {
+    env_or("TANKS_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f")
+}
+
+pub fn kafka_brokers() -> String {
+    env_or("TANKS_KAFKA_BROKERS", "127.0.0.1:9092")
+}
+
+/// The admin kubeconfig `hack/devenv up` writes for the local kube-apiserver.
+pub fn kubeconfig() -> PathBuf {
+    std::env::var_os("TANKS_KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| devenv_state().join("kubeconfig"))
+}
+
+/// The folder `hack/devenv` keeps its state, logs and generated configs in.
+pub fn devenv_state() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TANKS_DEVENV_STATE") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".local/state/tanks-devenv")
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+/// Panics with a message naming `service` unless something accepts TCP at `addr`.
+pub fn require_tcp(service: &str, addr: &str) {
+    let reachable = addr
+        .to_socket_addrs()
+        .ok()
+        .into_iter()
+        .flatten()
+        .any(|a: SocketAddr| TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok());
+    assert!(
+        reachable,
+        "{service} is not running at {addr}. Start the local services with `hack/devenv up` \
+         (this test needs the real {service} and does not skip)."
+    );
+}
+
+fn host_port(url: &str) -> String {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    rest.split('/').next().unwrap_or(rest).to_owned()
+}
+
+pub fn require_redis() -> String {
+    let url = redis_url();
+    require_tcp("Redis", &host_port(&url));
+    url
+}
+
+pub fn require_rabbitmq() -> String {
+    let url = amqp_url();
+    require_tcp("RabbitMQ", &host_port(&url));
+    url
+}
+
+pub fn require_kafka() -> String {
+    let brokers = kafka_brokers();
+    let first = brokers.split(',').next().unwrap_or(&brokers).to_owned();
+    require_tcp("Kafka", &first);
+    brokers
+}
+
+/// The kubeconfig of the local kube-apiserver, after checking it exists.
+pub fn require_kube_apiserver() -> PathBuf {
+    let path = kubeconfig();
+    assert!(
+        path.exists(),
+        "kube-apiserver kubeconfig {} is missing. Start the local control plane with \
+         `hack/devenv up` (this test needs the real kube-apiserver and does not skip).",
+        path.display()
+    );
+    path
+}
+
+/// A name unique to one test run, for queues, topics, namespaces and users.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_strips_scheme_credentials_and_path() {
+        assert_eq!(host_port("amqp://guest:guest@127.0.0.1:5672/%2f"), "127.0.0.1:5672");
+        assert_eq!(host_port("redis://127.0.0.1:6379/0"), "127.0.0.1:6379");
+    }
+
+    #[test]
+    #[should_panic(expected = "Nothing is not running at 127.0.0.1:1")]
+    fn a_missing_service_fails_loudly() {
+        require_tcp("Nothing", "127.0.0.1:1");
+    }
+}
