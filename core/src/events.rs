@@ -26,8 +26,12 @@ pub const PLAYER_SESSIONS_HISTORY: &str = "player_sessions_history";
 pub const TANK_COORDINATES_HISTORY: &str = "tank_coordinates_history";
 pub const GAME_EVENTS: &str = "game_events";
 /// Every topic this project writes.
-pub const ALL_TOPICS: &[&str] =
-    &[AUTH_EVENTS, PLAYER_SESSIONS_HISTORY, TANK_COORDINATES_HISTORY, GAME_EVENTS];
+pub const ALL_TOPICS: &[&str] = &[
+    AUTH_EVENTS,
+    PLAYER_SESSIONS_HISTORY,
+    TANK_COORDINATES_HISTORY,
+    GAME_EVENTS,
+];
 
 /// Events waiting for the pump, beyond what the sink itself buffers.
 pub const PUBLISH_QUEUE: usize = 65_536;
@@ -88,7 +92,10 @@ impl KafkaSettings {
             .set("enable.idempotence", "true")
             // Retry forever: an outage delays events, it does not drop them.
             .set("message.timeout.ms", "0")
-            .set("queue.buffering.max.messages", self.max_buffered.to_string())
+            .set(
+                "queue.buffering.max.messages",
+                self.max_buffered.to_string(),
+            )
             .set("queue.buffering.max.kbytes", (512 * 1024).to_string())
             .set("linger.ms", "5")
             .set("batch.num.messages", "10000")
@@ -111,7 +118,10 @@ pub struct EventMetrics {
 impl EventMetrics {
     pub fn register(registry: &Registry) -> prometheus::Result<Self> {
         let produced = IntCounterVec::new(
-            Opts::new("events_produced_total", "Events delivered to their sink, by topic"),
+            Opts::new(
+                "events_produced_total",
+                "Events delivered to their sink, by topic",
+            ),
             &["topic"],
         )?;
         let dropped = IntCounterVec::new(
@@ -122,7 +132,11 @@ impl EventMetrics {
         registry.register(Box::new(produced.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(pending.clone()))?;
-        Ok(Self { produced, dropped, pending })
+        Ok(Self {
+            produced,
+            dropped,
+            pending,
+        })
     }
 
     /// Unregistered metrics, for tests and tools that do not export them.
@@ -152,7 +166,13 @@ impl EventPublisher {
         let (stop_tx, stop_rx) = oneshot::channel();
         let sink = Sink::open(sink, &metrics)?;
         let task = tokio::spawn(pump(rx, stop_rx, sink, metrics.clone()));
-        Ok((Self { tx, metrics }, EventPump { stop: stop_tx, task }))
+        Ok((
+            Self { tx, metrics },
+            EventPump {
+                stop: stop_tx,
+                task,
+            },
+        ))
     }
 
     /// Queues one event. Never waits: when the queue is full the event is dropped and
@@ -162,11 +182,18 @@ impl EventPublisher {
             Ok(p) => p,
             Err(e) => {
                 tracing::error!(topic, error = %e, "event does not serialize");
-                self.metrics.dropped.with_label_values(&[topic, "serialize"]).inc();
+                self.metrics
+                    .dropped
+                    .with_label_values(&[topic, "serialize"])
+                    .inc();
                 return false;
             }
         };
-        self.publish_raw(Record { topic, key: key.to_owned(), payload })
+        self.publish_raw(Record {
+            topic,
+            key: key.to_owned(),
+            payload,
+        })
     }
 
     pub fn publish_raw(&self, record: Record) -> bool {
@@ -177,11 +204,17 @@ impl EventPublisher {
                 true
             }
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics.dropped.with_label_values(&[topic, "queue_full"]).inc();
+                self.metrics
+                    .dropped
+                    .with_label_values(&[topic, "queue_full"])
+                    .inc();
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.metrics.dropped.with_label_values(&[topic, "closed"]).inc();
+                self.metrics
+                    .dropped
+                    .with_label_values(&[topic, "closed"])
+                    .inc();
                 false
             }
         }
@@ -210,11 +243,19 @@ pub struct MemorySink {
 
 impl MemorySink {
     pub fn new(capacity: usize) -> Self {
-        Self { records: Arc::default(), capacity }
+        Self {
+            records: Arc::default(),
+            capacity,
+        }
     }
 
     pub fn records(&self) -> Vec<Record> {
-        self.records.lock().expect("memory sink lock").iter().cloned().collect()
+        self.records
+            .lock()
+            .expect("memory sink lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// The events of one topic, parsed.
@@ -259,7 +300,10 @@ impl ProducerContext for DeliveryCounter {
             Ok(m) => self.metrics.produced.with_label_values(&[m.topic()]).inc(),
             Err((e, m)) => {
                 tracing::warn!(topic = m.topic(), error = %e, "Kafka refused an event");
-                self.metrics.dropped.with_label_values(&[m.topic(), "refused"]).inc();
+                self.metrics
+                    .dropped
+                    .with_label_values(&[m.topic(), "refused"])
+                    .inc();
             }
         }
     }
@@ -271,7 +315,9 @@ impl Sink {
             SinkConfig::Kafka(settings) => {
                 let producer = settings
                     .client_config()
-                    .create_with_context(DeliveryCounter { metrics: metrics.clone() })
+                    .create_with_context(DeliveryCounter {
+                        metrics: metrics.clone(),
+                    })
                     .map_err(|e| anyhow::anyhow!("creating Kafka producer: {e}"))?;
                 Sink::Kafka(producer)
             }
@@ -303,14 +349,20 @@ impl Sink {
                             .payload(&record.payload);
                         match producer.send(base) {
                             Ok(()) => break,
-                            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                            Err((
+                                KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                                _,
+                            )) => {
                                 tokio::time::sleep(backoff).await;
                                 backoff = (backoff * 2).min(Duration::from_millis(500));
                             }
                             Err((e, _)) => {
                                 tracing::warn!(topic = record.topic, error = %e, "event not produced");
                                 metrics.pending.dec();
-                                metrics.dropped.with_label_values(&[record.topic, "refused"]).inc();
+                                metrics
+                                    .dropped
+                                    .with_label_values(&[record.topic, "refused"])
+                                    .inc();
                                 break;
                             }
                         }
@@ -322,12 +374,16 @@ impl Sink {
                     let event: serde_json::Value =
                         serde_json::from_slice(&record.payload).unwrap_or(serde_json::Value::Null);
                     let line = serde_json::json!({"topic": record.topic, "key": record.key, "event": event});
-                    let ok = serde_json::to_writer(&mut *out, &line).is_ok() && out.write_all(b"\n").is_ok();
+                    let ok = serde_json::to_writer(&mut *out, &line).is_ok()
+                        && out.write_all(b"\n").is_ok();
                     metrics.pending.dec();
                     if ok {
                         metrics.produced.with_label_values(&[record.topic]).inc();
                     } else {
-                        metrics.dropped.with_label_values(&[record.topic, "io"]).inc();
+                        metrics
+                            .dropped
+                            .with_label_values(&[record.topic, "io"])
+                            .inc();
                     }
                 }
                 if let Err(e) = out.flush() {
@@ -342,7 +398,10 @@ impl Sink {
                         metrics.produced.with_label_values(&[topic]).inc();
                     } else {
                         metrics.produced.with_label_values(&[topic]).inc();
-                        metrics.dropped.with_label_values(&[topic, "memory_full"]).inc();
+                        metrics
+                            .dropped
+                            .with_label_values(&[topic, "memory_full"])
+                            .inc();
                     }
                 }
             }
@@ -350,10 +409,10 @@ impl Sink {
     }
 
     fn finish(&mut self, deadline: Duration) {
-        if let Sink::Kafka(producer) = self {
-            if let Err(e) = producer.flush(deadline) {
-                tracing::warn!(error = %e, in_flight = producer.in_flight_count(), "Kafka flush incomplete");
-            }
+        if let Sink::Kafka(producer) = self
+            && let Err(e) = producer.flush(deadline)
+        {
+            tracing::warn!(error = %e, in_flight = producer.in_flight_count(), "Kafka flush incomplete");
         }
     }
 }
@@ -402,23 +461,51 @@ mod tests {
     async fn memory_sink_receives_events_in_order() {
         let memory = MemorySink::new(100);
         let (publisher, pump) =
-            EventPublisher::start(SinkConfig::Memory(memory.clone()), EventMetrics::detached()).unwrap();
+            EventPublisher::start(SinkConfig::Memory(memory.clone()), EventMetrics::detached())
+                .unwrap();
         for n in 0..10 {
-            assert!(publisher.publish(GAME_EVENTS, "tank-1", &Ping { event_type: "ping", n }));
+            assert!(publisher.publish(
+                GAME_EVENTS,
+                "tank-1",
+                &Ping {
+                    event_type: "ping",
+                    n
+                }
+            ));
         }
         pump.finish(Duration::from_secs(1)).await;
-        let got: Vec<u64> = memory.events(GAME_EVENTS).iter().map(|e| e["n"].as_u64().unwrap()).collect();
+        let got: Vec<u64> = memory
+            .events(GAME_EVENTS)
+            .iter()
+            .map(|e| e["n"].as_u64().unwrap())
+            .collect();
         assert_eq!(got, (0..10).collect::<Vec<_>>());
-        assert_eq!(publisher.metrics().produced.with_label_values(&[GAME_EVENTS]).get(), 10);
+        assert_eq!(
+            publisher
+                .metrics()
+                .produced
+                .with_label_values(&[GAME_EVENTS])
+                .get(),
+            10
+        );
         assert_eq!(publisher.metrics().pending.get(), 0);
     }
 
     #[tokio::test]
     async fn file_sink_writes_json_lines() {
-        let path = std::env::temp_dir().join(format!("tanks-events-{}.jsonl", uuid::Uuid::new_v4()));
+        let path =
+            std::env::temp_dir().join(format!("tanks-events-{}.jsonl", uuid::Uuid::new_v4()));
         let (publisher, pump) =
-            EventPublisher::start(SinkConfig::File(path.clone()), EventMetrics::detached()).unwrap();
-        publisher.publish(AUTH_EVENTS, "alice", &Ping { event_type: "ping", n: 1 });
+            EventPublisher::start(SinkConfig::File(path.clone()), EventMetrics::detached())
+                .unwrap();
+        publisher.publish(
+            AUTH_EVENTS,
+            "alice",
+            &Ping {
+                event_type: "ping",
+                n: 1,
+            },
+        );
         pump.finish(Duration::from_secs(1)).await;
         let text = std::fs::read_to_string(&path).unwrap();
         let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
@@ -436,7 +523,21 @@ mod tests {
         )
         .unwrap();
         pump.finish(Duration::from_millis(100)).await;
-        assert!(!publisher.publish(GAME_EVENTS, "k", &Ping { event_type: "late", n: 0 }));
-        assert_eq!(publisher.metrics().dropped.with_label_values(&[GAME_EVENTS, "closed"]).get(), 1);
+        assert!(!publisher.publish(
+            GAME_EVENTS,
+            "k",
+            &Ping {
+                event_type: "late",
+                n: 0
+            }
+        ));
+        assert_eq!(
+            publisher
+                .metrics()
+                .dropped
+                .with_label_values(&[GAME_EVENTS, "closed"])
+                .get(),
+            1
+        );
     }
 }

@@ -54,9 +54,20 @@ pub async fn connect_with_backoff(uri: &str) -> Connection {
 /// Declares a durable work queue and its dead-letter queue. Both are plain durable
 /// queues, so declaring them twice, from several processes, is harmless.
 pub async fn declare_work_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    channel.queue_declare(dead_letter_queue(queue).as_str().into(), durable, FieldTable::default()).await?;
-    channel.queue_declare(queue.into(), durable, FieldTable::default()).await?;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(
+            dead_letter_queue(queue).as_str().into(),
+            durable,
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_declare(queue.into(), durable, FieldTable::default())
+        .await?;
     Ok(())
 }
 
@@ -123,7 +134,9 @@ where
 {
     let conn = connect(&spec.uri).await?;
     let channel = conn.create_channel().await?;
-    channel.basic_qos(spec.prefetch, BasicQosOptions::default()).await?;
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await?;
     declare_work_queue(&channel, &spec.queue).await?;
     let mut deliveries = channel
         .basic_consume(
@@ -150,7 +163,10 @@ where
             let settled = match &outcome {
                 Outcome::Ack => channel.basic_ack(tag, BasicAckOptions::default()).await,
                 Outcome::Retry => {
-                    let requeue = BasicNackOptions { requeue: true, ..Default::default() };
+                    let requeue = BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    };
                     channel.basic_nack(tag, requeue).await
                 }
                 Outcome::DeadLetter(reason) => {
@@ -177,10 +193,19 @@ async fn publish_dead_letter(
     reason: &str,
 ) -> lapin::Result<()> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    headers.insert(DEAD_LETTER_REASON.into(), AMQPValue::LongString(reason.into()));
+    headers.insert(
+        DEAD_LETTER_REASON.into(),
+        AMQPValue::LongString(reason.into()),
+    );
     let props = delivery.properties.clone().with_headers(headers);
     channel
-        .basic_publish("".into(), dead_queue.into(), BasicPublishOptions::default(), &delivery.data, props)
+        .basic_publish(
+            "".into(),
+            dead_queue.into(),
+            BasicPublishOptions::default(),
+            &delivery.data,
+            props,
+        )
         .await?
         .await?;
     Ok(())
@@ -198,8 +223,13 @@ impl Publisher {
     pub async fn connect(uri: &str) -> anyhow::Result<Self> {
         let conn = connect(uri).await?;
         let channel = conn.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
-        Ok(Self { channel, _conn: Arc::new(conn) })
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            channel,
+            _conn: Arc::new(conn),
+        })
     }
 
     pub fn channel(&self) -> &Channel {
@@ -217,7 +247,13 @@ impl Publisher {
             .with_content_type("application/json".into());
         let confirm = self
             .channel
-            .basic_publish("".into(), queue.into(), BasicPublishOptions::default(), body, props)
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
             .await?
             .await?;
         if confirm.is_nack() {
@@ -226,7 +262,11 @@ impl Publisher {
         Ok(())
     }
 
-    pub async fn publish_json<T: serde::Serialize>(&self, queue: &str, value: &T) -> anyhow::Result<()> {
+    pub async fn publish_json<T: serde::Serialize>(
+        &self,
+        queue: &str,
+        value: &T,
+    ) -> anyhow::Result<()> {
         self.publish(queue, &serde_json::to_vec(value)?).await
     }
 }
@@ -239,7 +279,9 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { next: Duration::from_millis(100) }
+        Self {
+            next: Duration::from_millis(100),
+        }
     }
 }
 
@@ -276,7 +318,10 @@ mod tests {
 
     #[test]
     fn passwords_are_redacted() {
-        assert_eq!(redact("amqp://guest:secret@localhost:5672/%2f"), "amqp://guest:***@localhost:5672/%2f");
+        assert_eq!(
+            redact("amqp://guest:secret@localhost:5672/%2f"),
+            "amqp://guest:***@localhost:5672/%2f"
+        );
         assert_eq!(redact("amqp://localhost"), "amqp://localhost");
     }
 }

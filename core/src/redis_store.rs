@@ -12,8 +12,11 @@ pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
         .set_connection_timeout(Some(Duration::from_secs(3)))
         .set_response_timeout(Some(Duration::from_secs(3)))
         .set_number_of_retries(3);
-    tokio::time::timeout(Duration::from_secs(10), client.get_connection_manager_with_config(config))
-        .await
-        .map_err(|_| anyhow::anyhow!("Redis at {url} did not answer within 10 s"))?
-        .map_err(|e| anyhow::anyhow!("Redis at {url} is not reachable: {e}"))
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("Redis at {url} did not answer within 10 s"))?
+    .map_err(|e| anyhow::anyhow!("Redis at {url} is not reachable: {e}"))
 }

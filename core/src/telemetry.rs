@@ -15,9 +15,15 @@ pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     // A second init (tests start several servers in one process) is not an error.
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// One registry per binary, every metric prefixed with the binary's name
@@ -45,11 +51,17 @@ pub fn metrics_router(registry: Registry) -> Router {
             get(move || {
                 let registry = registry.clone();
                 async move {
-                    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&registry))
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        render(&registry),
+                    )
                 }
             }),
         )
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok").into_response() }))
+        .route(
+            "/healthz",
+            get(|| async { (StatusCode::OK, "ok").into_response() }),
+        )
 }
 
 /// Binds `addr` and serves `router` until `shutdown` resolves. Binding happens before
@@ -64,7 +76,10 @@ pub async fn serve_http(
         .map_err(|e| anyhow::anyhow!("binding HTTP listener on {addr}: {e}"))?;
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(shutdown).await {
+        if let Err(e) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
             tracing::error!(error = %e, %local, "HTTP server stopped");
         }
     });
@@ -91,8 +106,8 @@ pub async fn shutdown_signal() {
 /// Latency buckets for request handling, in seconds: dense below a millisecond, where
 /// packet and token work lives, and out to a second for Argon2 under load.
 pub const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-    0.5, 1.0, 2.5,
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
 ];
 
 #[cfg(test)]

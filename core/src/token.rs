@@ -77,9 +77,15 @@ impl TokenSigner {
                 let raw = std::fs::read(path)
                     .map_err(|e| anyhow::anyhow!("reading token key {}: {e}", path.display()))?;
                 let key = raw.trim_ascii_end();
-                Ok((Self::new(key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?, false))
+                Ok((
+                    Self::new(key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                    false,
+                ))
             }
-            None => Ok((Self::new(DEVELOPMENT_KEY).expect("development key is long enough"), true)),
+            None => Ok((
+                Self::new(DEVELOPMENT_KEY).expect("development key is long enough"),
+                true,
+            )),
         }
     }
 
@@ -125,10 +131,14 @@ impl TokenSigner {
         }
         let mut mac = self.keyed.clone();
         mac.update(payload.as_bytes());
-        mac.verify_slice(&sig_bytes).map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&sig_bytes)
+            .map_err(|_| TokenError::BadSignature)?;
         let mut buf = [0u8; MAX_TOKEN_LEN];
-        let n = B64.decode_slice(payload, &mut buf).map_err(|_| TokenError::Malformed)?;
-        let claims: Claims = serde_json::from_slice(&buf[..n]).map_err(|_| TokenError::Malformed)?;
+        let n = B64
+            .decode_slice(payload, &mut buf)
+            .map_err(|_| TokenError::Malformed)?;
+        let claims: Claims =
+            serde_json::from_slice(&buf[..n]).map_err(|_| TokenError::Malformed)?;
         if claims.exp <= now {
             return Err(TokenError::Expired);
         }
@@ -137,7 +147,10 @@ impl TokenSigner {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -166,17 +179,26 @@ mod tests {
     #[test]
     fn tampered_claims_are_rejected() {
         let (token, claims) = signer().issue("alice", Duration::from_secs(60));
-        let forged = Claims { sub: "admin".into(), ..claims };
+        let forged = Claims {
+            sub: "admin".into(),
+            ..claims
+        };
         let forged_payload = signer().sign(&forged);
         let (payload, _) = forged_payload.split_once('.').unwrap();
         let (_, sig) = token.split_once('.').unwrap();
-        assert_eq!(signer().verify(&format!("{payload}.{sig}")), Err(TokenError::BadSignature));
+        assert_eq!(
+            signer().verify(&format!("{payload}.{sig}")),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
     fn expired_token_is_rejected() {
         let (token, claims) = signer().issue("alice", Duration::from_secs(60));
-        assert_eq!(signer().verify_at(&token, claims.exp), Err(TokenError::Expired));
+        assert_eq!(
+            signer().verify_at(&token, claims.exp),
+            Err(TokenError::Expired)
+        );
         assert!(signer().verify_at(&token, claims.exp - 1).is_ok());
     }
 
@@ -189,6 +211,9 @@ mod tests {
 
     #[test]
     fn short_keys_are_refused() {
-        assert!(matches!(TokenSigner::new(b"short"), Err(TokenError::KeyTooShort)));
+        assert!(matches!(
+            TokenSigner::new(b"short"),
+            Err(TokenError::KeyTooShort)
+        ));
     }
 }

@@ -22,7 +22,9 @@ pub fn kafka_brokers() -> String {
 
 /// The admin kubeconfig `hack/devenv up` writes for the local kube-apiserver.
 pub fn kubeconfig() -> PathBuf {
-    std::env::var_os("TANKS_KUBECONFIG").map(PathBuf::from).unwrap_or_else(|| devenv_state().join("kubeconfig"))
+    std::env::var_os("TANKS_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| devenv_state().join("kubeconfig"))
 }
 
 /// The folder `hack/devenv` keeps its state, logs and generated configs in.
@@ -30,12 +32,17 @@ pub fn devenv_state() -> PathBuf {
     if let Some(dir) = std::env::var_os("TANKS_DEVENV_STATE") {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/tanks-devenv")
 }
 
 fn env_or(key: &str, default: &str) -> String {
-    std::env::var(key).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+    std::env::var(key)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 /// Panics with a message naming `service` unless something accepts TCP at `addr`.
@@ -105,7 +112,10 @@ mod tests {
 
     #[test]
     fn host_port_strips_scheme_credentials_and_path() {
-        assert_eq!(host_port("amqp://guest:guest@127.0.0.1:5672/%2f"), "127.0.0.1:5672");
+        assert_eq!(
+            host_port("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "127.0.0.1:5672"
+        );
         assert_eq!(host_port("redis://127.0.0.1:6379/0"), "127.0.0.1:6379");
     }
 
