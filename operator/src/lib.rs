@@ -1,0 +1,11 @@
+//! The tanks operator, by layer:
+//!
+//! - [`api`]: the custom resources as Rust types (the CRDs are generated from them);
+//! - [`domain`]: the decisions (desired replicas, rollout, ports) with no Kubernetes in them;
+//! - [`index`]: in-memory views the reconciler reads (load reports, expectations);
+//! - [`control`]: the client of the game servers' control interface and the load poller;
+//! - [`reconcile`]: the GameFleet controller, pod building and status writing;
+//! - [`leader`]: Lease-based leader election; [`metrics`]; [`run`] ties them together.
+#![forbid(unsafe_code)]
+
+pub mod api;
