@@ -1,0 +1,313 @@
+//! Wiring: builds the service from the configuration, accepts connections under the
+//! connection cap, serves metrics, and shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tanks_core::events::{EventPublisher, EventPump, KafkaSettings, MemorySink, SinkConfig};
+use tanks_core::protocol::auth::{Response, reason};
+use tanks_core::telemetry;
+use tanks_core::token::TokenSigner;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::connection::{self, ConnLimits};
+use crate::limits::{Limits, RateLimiter};
+use crate::metrics::Metrics;
+use crate::password::Hasher;
+use crate::revocation::Revocations;
+use crate::service::AuthService;
+use crate::users::UserStore;
+
+/// Events kept by the embedded in-memory sink (oldest dropped first).
+pub const MEMORY_EVENTS: usize = 10_000;
+/// Connections over the cap being told so at once; beyond this they are just closed.
+const REJECTS_IN_FLIGHT: usize = 256;
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub service: Arc<AuthService>,
+    /// The embedded event sink, when neither Kafka nor a file is configured.
+    pub memory_events: Option<MemorySink>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Starts everything and returns once the ports are bound.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        // First line of the log: what this process runs on, embedded parts named.
+        tracing::info!("authserver starting: {}", describe(&config));
+
+        let metrics = Metrics::new(telemetry::registry("authserver"))?;
+        let (signer, development_key) = token_signer(&config)?;
+        if development_key {
+            tracing::warn!(
+                "using the built-in development token key; set TOKEN_KEY_FILE in production"
+            );
+        }
+        let limits = Limits {
+            window: config.rate_window(),
+            failures_per_user: config.failures_per_user,
+            failures_per_ip: config.failures_per_ip,
+            registrations_per_ip: config.registrations_per_ip,
+        };
+        let (users, limiter, revocations) = match &config.redis_url {
+            Some(url) => {
+                let conn = tanks_core::redis_store::connect(url).await?;
+                let prefix = &config.redis_prefix;
+                (
+                    UserStore::redis(conn.clone(), prefix),
+                    RateLimiter::redis(limits, conn.clone(), prefix),
+                    Revocations::redis(conn, prefix),
+                )
+            }
+            None => (
+                UserStore::memory(config.max_memory_users),
+                RateLimiter::memory(limits),
+                Revocations::memory(),
+            ),
+        };
+        let hasher = Hasher::new_async(
+            config.hash_params(),
+            config.hash_concurrency(),
+            config.allow_weak_hash,
+            metrics.hash_waiting.clone(),
+            metrics.hash_duration.clone(),
+        )
+        .await?;
+        let (sink, memory_events) = event_sink(&config);
+        let (events, pump) = EventPublisher::start(sink, metrics.events.clone())?;
+
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding {}: {e}", config.listen_addr))?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = watch::channel(false);
+        let mut on_stop = stopped.clone();
+        let (metrics_addr, metrics_task) = telemetry::serve_http(
+            config.metrics_addr,
+            telemetry::metrics_router(metrics.registry.clone()),
+            async move { connection::stopping(&mut on_stop).await },
+        )
+        .await?;
+
+        let service = Arc::new(AuthService {
+            signer,
+            token_ttl: config.token_ttl(),
+            hasher,
+            users,
+            limiter,
+            revocations,
+            events,
+            metrics,
+        });
+        let limits = ConnLimits {
+            max_line: config.max_line_bytes.max(64),
+            idle: config.idle_timeout(),
+            read: config.read_timeout(),
+        };
+        let accept = Acceptor {
+            listener,
+            service: service.clone(),
+            limits,
+            max_connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+        };
+        let task = tokio::spawn(async move {
+            accept.run(stopped, pump).await;
+            let _ = metrics_task.await;
+        });
+        tracing::info!(%addr, %metrics_addr, "authserver listening");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            service,
+            memory_events,
+            stop,
+            task,
+        })
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        self.shutdown().await;
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the grace period), closes
+    /// idle connections with a notice, and flushes events.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Acceptor {
+    listener: TcpListener,
+    service: Arc<AuthService>,
+    limits: ConnLimits,
+    max_connections: usize,
+    grace: Duration,
+}
+
+impl Acceptor {
+    async fn run(self, mut stop: watch::Receiver<bool>, pump: EventPump) {
+        let permits = Arc::new(Semaphore::new(self.max_connections));
+        let rejects = Arc::new(Semaphore::new(REJECTS_IN_FLIGHT));
+        let metrics = &self.service.metrics;
+        loop {
+            let (stream, peer) = tokio::select! {
+                biased;
+                _ = connection::stopping(&mut stop) => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Usually out of file descriptors: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                metrics
+                    .connections_rejected
+                    .with_label_values(&["limit"])
+                    .inc();
+                let busy = Response::error(reason::BUSY, "Server busy, try again later");
+                match rejects.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        tokio::spawn(async move {
+                            goodbye(stream, &busy).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(_) => {
+                        let _ = stream.try_write(&busy.to_line());
+                    }
+                }
+                continue;
+            };
+            metrics.connections_total.inc();
+            metrics.connections_active.inc();
+            let service = self.service.clone();
+            let limits = self.limits;
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                connection::serve(stream, peer, service.clone(), limits, stop).await;
+                service.metrics.connections_active.dec();
+                drop(permit);
+            });
+        }
+        drop(self.listener);
+        tracing::info!("stopped accepting; waiting for in-flight requests");
+        let all = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        if tokio::time::timeout(self.grace, permits.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = metrics.connections_active.get(),
+                "grace period over with connections still open"
+            );
+        }
+        pump.finish(Duration::from_secs(5)).await;
+        tracing::info!("authserver stopped");
+    }
+}
+
+/// Sends a last answer and closes politely: reading what the client already sent, so
+/// the kernel does not reset the connection and discard our answer.
+async fn goodbye(mut stream: TcpStream, response: &Response) {
+    let limit = Duration::from_secs(1);
+    connection::send(&mut stream, response, limit).await;
+    connection::linger_close(&mut stream, limit).await;
+}
+
+fn token_signer(config: &Config) -> anyhow::Result<(TokenSigner, bool)> {
+    let from_env = std::env::var_os("AUTH_TOKEN_KEY").filter(|k| !k.is_empty());
+    match (&config.token_key_file, from_env) {
+        (None, Some(key)) => {
+            let key = key.into_encoded_bytes();
+            let signer = TokenSigner::new(key.trim_ascii())
+                .map_err(|e| anyhow::anyhow!("AUTH_TOKEN_KEY: {e}"))?;
+            Ok((signer, false))
+        }
+        (file, _) => TokenSigner::from_key_file(file.as_deref()),
+    }
+}
+
+fn event_sink(config: &Config) -> (SinkConfig, Option<MemorySink>) {
+    if let Some(brokers) = &config.kafka_brokers {
+        return (
+            SinkConfig::Kafka(KafkaSettings::new(brokers.clone(), "authserver")),
+            None,
+        );
+    }
+    if let Some(path) = &config.events_file {
+        return (SinkConfig::File(path.clone()), None);
+    }
+    let memory = MemorySink::new(MEMORY_EVENTS);
+    (SinkConfig::Memory(memory.clone()), Some(memory))
+}
+
+/// One line naming each backend, embedded ones flagged, secrets left out.
+fn describe(config: &Config) -> String {
+    let users = match &config.redis_url {
+        Some(url) => format!("users=redis ({})", redact(url)),
+        None => "users=embedded in-memory store (not persisted; set --redis-url)".into(),
+    };
+    let events = match (&config.kafka_brokers, &config.events_file) {
+        (Some(brokers), _) => format!("events=kafka ({brokers})"),
+        (None, Some(path)) => format!("events=embedded file {}", path.display()),
+        (None, None) => {
+            format!("events=embedded in-memory buffer (last {MEMORY_EVENTS}; set --kafka-brokers)")
+        }
+    };
+    let key = if config.token_key_file.is_some() {
+        "token key=file"
+    } else if std::env::var_os("AUTH_TOKEN_KEY").is_some_and(|k| !k.is_empty()) {
+        "token key=AUTH_TOKEN_KEY"
+    } else {
+        "token key=embedded development key (set TOKEN_KEY_FILE)"
+    };
+    let p = config.hash_params();
+    format!(
+        "{users}, {events}, {key}, argon2id m={}KiB t={} p={} x{} at once",
+        p.memory_kib,
+        p.iterations,
+        p.parallelism,
+        config.hash_concurrency()
+    )
+}
+
+/// The URL without its password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_passwords_stay_out_of_the_log() {
+        assert_eq!(
+            redact("redis://:secret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
