@@ -1,0 +1,5 @@
+//! Decisions with no Kubernetes in them: plain data in, plain data out.
+
+pub mod fleet;
+pub mod ports;
+pub mod scaling;
