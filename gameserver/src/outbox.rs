@@ -1,0 +1,76 @@
+//! What one tick sends: every message serialized once into one buffer, and the list of
+//! (address, message) pairs to send. Reused from tick to tick, so a steady-state tick
+//! allocates nothing for its snapshots.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::ops::Range;
+
+#[derive(Default)]
+pub struct Outbox {
+    buf: Vec<u8>,
+    sends: Vec<(SocketAddr, Range<usize>)>,
+    open: usize,
+}
+
+impl Outbox {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.sends.clear();
+        self.open = 0;
+    }
+
+    /// Starts a message; write it with [`Outbox::writer`], then address it with
+    /// [`Outbox::send_to`] as many times as it has recipients.
+    pub fn begin(&mut self) {
+        self.open = self.buf.len();
+    }
+
+    pub fn writer(&mut self) -> &mut impl Write {
+        &mut self.buf
+    }
+
+    pub fn send_to(&mut self, addr: SocketAddr) {
+        self.sends.push((addr, self.open..self.buf.len()));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sends.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sends.len()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.sends.iter().map(|(addr, range)| (*addr, &self.buf[range.clone()]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_message_many_recipients() {
+        let mut out = Outbox::default();
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        out.begin();
+        out.writer().write_all(b"hello").unwrap();
+        out.send_to(a);
+        out.send_to(b);
+        out.begin();
+        out.writer().write_all(b"bye").unwrap();
+        out.send_to(a);
+        let got: Vec<_> = out.iter().map(|(addr, m)| (addr, m.to_vec())).collect();
+        assert_eq!(got, [(a, b"hello".to_vec()), (b, b"hello".to_vec()), (a, b"bye".to_vec())]);
+        assert_eq!(out.bytes(), 8, "serialized once");
+        out.clear();
+        assert!(out.is_empty());
+    }
+}
