@@ -4,6 +4,8 @@
 //! Each address can be overridden with the environment variable named beside it.
 #![forbid(unsafe_code)]
 
+pub mod pod_runner;
+
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -36,6 +38,15 @@ pub fn devenv_state() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     home.join(".local/state/tanks-devenv")
+}
+
+/// A client for the cluster a kubeconfig file names.
+pub async fn kube_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let raw = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(raw, &Default::default()).await?;
+    Ok(kube::Client::try_from(config)?)
 }
 
 fn env_or(key: &str, default: &str) -> String {

@@ -77,13 +77,14 @@ async fn crd_applied_object_created_watched_and_deleted() {
 
     let watch = watcher(probes.clone(), watcher::Config::default()).applied_objects();
     let mut watch = Box::pin(watch);
-    probes
+    let created = probes
         .create(
             &PostParams::default(),
             &Probe::new("good", ProbeSpec { low: 1, high: 5 }),
         )
         .await
         .expect("create");
+    let uid = created.metadata.uid.clone().expect("uid");
     let seen = tokio::time::timeout(Duration::from_secs(10), watch.try_next())
         .await
         .expect("watch event in time")
@@ -98,7 +99,7 @@ async fn crd_applied_object_created_watched_and_deleted() {
         .expect("delete");
     let gone = tokio::time::timeout(
         Duration::from_secs(10),
-        await_condition(probes.clone(), "good", conditions::is_deleted("")),
+        await_condition(probes.clone(), "good", conditions::is_deleted(&uid)),
     )
     .await;
     assert!(gone.is_ok(), "object deleted in time");
