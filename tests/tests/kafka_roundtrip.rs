@@ -72,6 +72,93 @@ async fn produce_and_consume_through_real_kafka() {
     }
 }
 
+/// Consumes `count` events of `topic` from the start, in a fresh group.
+async fn consume_all(brokers: &str, topic: &str, count: usize) -> Vec<serde_json::Value> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", tanks_testkit::unique("outage-group"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    consumer.subscribe(&[topic]).expect("subscribe");
+    let mut stream = consumer.stream();
+    let mut events = Vec::new();
+    while events.len() < count {
+        let msg = tokio::time::timeout(Duration::from_secs(30), stream.next())
+            .await
+            .expect("events consumed within 30 s")
+            .expect("stream open")
+            .expect("message");
+        events.push(serde_json::from_slice(msg.payload().unwrap()).unwrap());
+    }
+    events
+}
+
+#[tokio::test]
+async fn events_published_during_an_outage_are_delivered_when_kafka_returns() {
+    let brokers = tanks_testkit::require_kafka();
+    // The producer is pointed at a port where Kafka is not (yet) reachable...
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let topic: &'static str = Box::leak(tanks_testkit::unique("outage").into_boxed_str());
+    let metrics = EventMetrics::detached();
+    let (publisher, pump) = EventPublisher::start(
+        SinkConfig::Kafka(KafkaSettings::new(
+            format!("127.0.0.1:{port}"),
+            "outage-test",
+        )),
+        metrics.clone(),
+    )
+    .expect("producer starts without a broker");
+    for n in 0..100 {
+        assert!(publisher.publish(topic, "k", &serde_json::json!({"event_type": "e", "n": n})));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(metrics.pending.get(), 100, "held while Kafka is away");
+    assert_eq!(metrics.produced.with_label_values(&[topic]).get(), 0);
+
+    // ...then Kafka "returns": a forwarder to the real broker opens on that port.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let upstream = brokers.split(',').next().unwrap().to_owned();
+    let forwarder = tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    pump.finish(Duration::from_secs(30)).await;
+    forwarder.abort();
+    assert_eq!(
+        metrics.produced.with_label_values(&[topic]).get(),
+        100,
+        "all delivered after the outage"
+    );
+    assert_eq!(metrics.pending.get(), 0);
+    let ns: Vec<u64> = consume_all(&brokers, topic, 100)
+        .await
+        .iter()
+        .map(|e| e["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        ns,
+        (0..100).collect::<Vec<_>>(),
+        "in order, none lost, none doubled"
+    );
+}
+
 #[tokio::test]
 async fn events_wait_while_kafka_is_unreachable() {
     // Nothing listens on port 1: the producer keeps the events instead of dropping them.

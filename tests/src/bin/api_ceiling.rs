@@ -75,21 +75,37 @@ fn status(name: &str) -> serde_json::Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let path = args.kubeconfig.clone().unwrap_or_else(tanks_testkit::kubeconfig);
+    let path = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(tanks_testkit::kubeconfig);
     let client = tanks_testkit::kube_client(&path).await?;
 
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd: CustomResourceDefinition = serde_json::from_value(crd())?;
     let crd_name = format!("{PLURAL}.{GROUP}");
-    crds.patch(&crd_name, &PatchParams::apply("api-ceiling").force(), &Patch::Apply(&crd)).await?;
+    crds.patch(
+        &crd_name,
+        &PatchParams::apply("api-ceiling").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
     await_condition(crds, &crd_name, conditions::is_crd_established()).await?;
 
-    let resource = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(GROUP, "v1", "AllocationProbe"), PLURAL);
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(GROUP, "v1", "AllocationProbe"),
+        PLURAL,
+    );
     println!("concurrency,count,seconds,per_second,p50_ms,p99_ms");
     for &concurrency in &args.concurrency {
         let ns = tanks_testkit::unique("ceiling");
         let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+            )
+            .await?;
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
 
         let next = Arc::new(AtomicUsize::new(0));
@@ -109,7 +125,8 @@ async fn main() -> anyhow::Result<()> {
                     let name = format!("m-{i}");
                     let t = Instant::now();
                     api.create(&PostParams::default(), &object(&name)).await?;
-                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status(&name))).await?;
+                    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status(&name)))
+                        .await?;
                     latencies.push(t.elapsed());
                 }
                 anyhow::Ok(latencies)
@@ -121,7 +138,11 @@ async fn main() -> anyhow::Result<()> {
         }
         let secs = started.elapsed().as_secs_f64();
         latencies.sort();
-        let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1e3;
+        let pct = |p: f64| {
+            latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)]
+                .as_secs_f64()
+                * 1e3
+        };
         println!(
             "{concurrency},{},{secs:.2},{:.0},{:.1},{:.1}",
             latencies.len(),
