@@ -1,1 +1,80 @@
-fn main() {}
+//! The operator binary: flags in, [`tanks_operator::runtime::run`] out.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tanks_operator::leader::LeaseSettings;
+use tanks_operator::reconcile::Settings;
+use tanks_operator::runtime::{Config, run};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "operator",
+    about = "Runs the GameFleet controller of the tanks MMO."
+)]
+struct Args {
+    /// `/metrics`, `/healthz`, `/readyz`.
+    #[arg(long, env = "OPERATOR_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
+    /// Watch one namespace only (default: all namespaces).
+    #[arg(long, env = "OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Turn leader election off (a single replica).
+    #[arg(long, env = "OPERATOR_NO_LEADER_ELECTION")]
+    no_leader_election: bool,
+    #[arg(long, env = "OPERATOR_LEASE_NAMESPACE", default_value = "tanks-system")]
+    lease_namespace: String,
+    #[arg(long, env = "OPERATOR_LEASE_NAME", default_value = "tanks-operator")]
+    lease_name: String,
+    #[arg(long, env = "OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity (default: the pod name, else host name and a random id).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Bearer token of the game servers' control interface.
+    #[arg(long, env = "TANKS_CONTROL_TOKEN", hide_env_values = true)]
+    control_token: Option<String>,
+    #[arg(long, env = "OPERATOR_POLL_INTERVAL_MS", default_value_t = 2000)]
+    poll_interval_ms: u64,
+    #[arg(long, env = "OPERATOR_POLL_CONCURRENCY", default_value_t = 64)]
+    poll_concurrency: usize,
+    #[arg(long, env = "OPERATOR_CREATE_CONCURRENCY", default_value_t = 64)]
+    create_concurrency: usize,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // kube brings rustls; install one provider before any TLS connection.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tanks_core::telemetry::init_tracing();
+    let args = Args::parse();
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
+        format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+    });
+    let client = kube::Client::try_default().await?;
+    let lease_duration = Duration::from_secs(args.lease_seconds.max(3));
+    let config = Config {
+        namespace: args.namespace,
+        metrics_addr: Some(args.metrics_addr),
+        lease: (!args.no_leader_election).then(|| LeaseSettings {
+            namespace: args.lease_namespace,
+            name: args.lease_name,
+            identity: identity.clone(),
+            duration: lease_duration,
+            renew_every: lease_duration / 5,
+        }),
+        reconciler: Settings {
+            create_concurrency: args.create_concurrency,
+            identity,
+            ..Settings::default()
+        },
+        poll_interval: Duration::from_millis(args.poll_interval_ms),
+        poll_concurrency: args.poll_concurrency,
+        control_token: args.control_token,
+        ..Config::default()
+    };
+    run(client, config, tanks_core::telemetry::shutdown_signal()).await
+}

@@ -2,6 +2,8 @@
 //!
 //! The schema is generated from these types (`crdgen`); the invariants that span fields
 //! are CEL rules, so the API server rejects a bad fleet before the operator sees it.
+// Every `printcolumn(..)` repeats `type_ = "integer"`: that is the macro's syntax.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;

@@ -1,0 +1,225 @@
+//! Wires the operator together: metrics and probes, leader election, the pod cache, the
+//! load poller and the GameFleet controller. `main` parses flags and calls [`run`];
+//! tests call it in-process, several times to play several replicas.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::http::StatusCode;
+use axum::routing::get;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, Resource};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{GameFleet, labels};
+use crate::control::{EndpointResolver, GameServerControl, HttpControl, Poller, pod_ip_resolver};
+use crate::index::LoadIndex;
+use crate::leader::{Elector, LeaseSettings};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context, Settings};
+
+pub struct Config {
+    /// Watch one namespace only (default: all).
+    pub namespace: Option<String>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (none: not served).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Leader election; `None` acts at once (a single replica, or tests).
+    pub lease: Option<LeaseSettings>,
+    pub reconciler: Settings,
+    pub controller_concurrency: u16,
+    pub poll_interval: Duration,
+    pub poll_concurrency: usize,
+    pub control_token: Option<String>,
+    pub control_timeout: Duration,
+    pub resolver: EndpointResolver,
+    /// Replaces the HTTP control client (unit tests).
+    pub control: Option<Arc<dyn GameServerControl>>,
+    /// Shared with the caller so tests and benchmarks can read what the operator sees.
+    pub loads: Arc<LoadIndex>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            namespace: None,
+            metrics_addr: None,
+            lease: None,
+            reconciler: Settings::default(),
+            controller_concurrency: 16,
+            poll_interval: Duration::from_secs(2),
+            poll_concurrency: 64,
+            control_token: None,
+            control_timeout: Duration::from_secs(1),
+            resolver: pod_ip_resolver(),
+            control: None,
+            loads: Arc::default(),
+            metrics: Arc::default(),
+        }
+    }
+}
+
+/// Runs until `shutdown` resolves (then finishes in-flight reconciles and releases the
+/// Lease) or until leadership is lost (an error: the process should restart and stand by).
+pub async fn run(
+    client: Client,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let shutdown = shutdown.boxed().shared();
+    let metrics = config.metrics.clone();
+    let ready = Arc::new(AtomicBool::new(false));
+
+    let http = match config.metrics_addr {
+        Some(addr) => {
+            let flag = ready.clone();
+            let router = tanks_core::telemetry::metrics_router(metrics.registry.clone()).route(
+                "/readyz",
+                get(move || {
+                    let ok = flag.load(Ordering::Relaxed);
+                    async move {
+                        if ok {
+                            (StatusCode::OK, "ok")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "starting")
+                        }
+                    }
+                }),
+            );
+            let (local, task) =
+                tanks_core::telemetry::serve_http(addr, router, shutdown.clone()).await?;
+            info!(%local, "metrics and probes listening");
+            Some(task)
+        }
+        None => None,
+    };
+
+    let (leader_tx, mut leader_rx) = watch::channel(config.lease.is_none());
+    let elector = config.lease.clone().map(|lease| {
+        let elector = Elector::new(client.clone(), lease);
+        tokio::spawn(elector.run(leader_tx, shutdown.clone()))
+    });
+
+    // Stand by until this replica leads (or is told to stop).
+    if !*leader_rx.borrow() {
+        ready.store(true, Ordering::Relaxed);
+        info!("standing by for the lease");
+        tokio::select! {
+            _ = shutdown.clone() => {
+                finish(elector, http).await;
+                return Ok(());
+            }
+            r = leader_rx.wait_for(|l| *l) => { r.context("leader election stopped")?; }
+        }
+    }
+    metrics.leader.set(1);
+    info!("leading: starting the GameFleet controller");
+
+    let fleets: Api<GameFleet> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let pods_api: Api<Pod> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let (pod_store, pod_writer) = reflector::store();
+    let pod_stream = watcher(
+        pods_api,
+        watcher::Config::default().labels(labels::MANAGED_SELECTOR),
+    )
+    .default_backoff()
+    // Managed fields are half of a pod's size and nothing here reads them.
+    .modify(|pod: &mut Pod| pod.meta_mut().managed_fields = None)
+    .reflect(pod_writer)
+    .touched_objects();
+
+    let control: Arc<dyn GameServerControl> = config.control.clone().unwrap_or_else(|| {
+        Arc::new(HttpControl::new(
+            config.control_token.clone(),
+            config.control_timeout,
+        ))
+    });
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        metrics.clone(),
+        pod_store.clone(),
+        config.loads.clone(),
+        control.clone(),
+        config.resolver.clone(),
+        config.reconciler.clone(),
+    ));
+    let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    let poller = Poller {
+        pods: pod_store.clone(),
+        loads: config.loads.clone(),
+        control,
+        resolver: config.resolver.clone(),
+        metrics: metrics.clone(),
+        interval: config.poll_interval,
+        concurrency: config.poll_concurrency,
+        trigger: trigger_tx,
+    };
+    let poll_task = tokio::spawn(poller.run());
+    let ready_task = {
+        let (store, ready) = (pod_store.clone(), ready.clone());
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                ready.store(true, Ordering::Relaxed);
+            }
+        })
+    };
+
+    let controller = Controller::new(fleets, watcher::Config::default())
+        .owns_stream(pod_stream)
+        .reconcile_on(trigger_rx)
+        .with_config(ControllerConfig::default().concurrency(config.controller_concurrency))
+        .graceful_shutdown_on(shutdown.clone())
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller");
+            }
+        });
+
+    let lost = async {
+        let _ = leader_rx.wait_for(|l| !*l).await;
+    };
+    let result = tokio::select! {
+        _ = controller => Ok(()),
+        _ = lost => {
+            warn!("lost the lease: stopping");
+            Err(anyhow::anyhow!("lost leadership"))
+        }
+    };
+    metrics.leader.set(0);
+    poll_task.abort();
+    ready_task.abort();
+    finish(elector, http).await;
+    result
+}
+
+async fn finish(
+    elector: Option<tokio::task::JoinHandle<()>>,
+    http: Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(mut e) = elector {
+        // After a shutdown it releases the Lease and ends; after a lost lease it is stopped.
+        if tokio::time::timeout(Duration::from_secs(5), &mut e)
+            .await
+            .is_err()
+        {
+            e.abort();
+        }
+    }
+    if let Some(h) = http {
+        h.abort();
+    }
+}
