@@ -1,10 +1,23 @@
 //! The game server: an authoritative, seed-compatible tank battle simulation.
 //!
-//! - [`rules`], [`pool`], [`sessions`]: the game itself, with no I/O.
-//! - [`outbox`]: what a tick sends, serialized once.
+//! - [`rules`], [`pool`], [`sessions`]: the game itself, no I/O.
+//! - [`outbox`]: what a tick sends, serialized once per session.
+//! - [`udp`], [`tick`]: the play port's receive thread and the fixed-rate tick thread.
+//! - [`tcp`]: text commands; [`control`]: the operator's interface;
+//!   [`commands`]: RabbitMQ consumers and the broker command path.
+//! - [`server`]: wiring and the drain; [`config`]: flags.
 #![forbid(unsafe_code)]
 
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod metrics;
 pub mod outbox;
 pub mod pool;
+pub mod rate_limit;
 pub mod rules;
+pub mod server;
 pub mod sessions;
+pub mod tcp;
+pub mod tick;
+pub mod udp;

@@ -429,7 +429,7 @@ impl SessionManager {
         Ok(self.insert_session(None, Vec::new(), Mode::Respawn))
     }
 
-    /// The player leaves. False when it was in no session.
+    /// The player leaves.
     pub fn leave(&mut self, player_id: &str, from: Option<SocketAddr>) -> Result<(), InputError> {
         let key = self.player_session(player_id, from)?;
         self.remove_player(key, player_id, "left");
@@ -492,7 +492,12 @@ impl SessionManager {
         Ok(next)
     }
 
-    /// Marks a player as heard from (any datagram).
+    /// Checks that a player is in a game and `from` may speak for it, and marks it as
+    /// heard from; what the broker path does before publishing a command.
+    pub fn touch(&mut self, player_id: &str, from: Option<SocketAddr>) -> Result<(), InputError> {
+        self.player_session(player_id, from).map(|_| ())
+    }
+
     pub fn is_playing(&self, player_id: &str) -> bool {
         self.players.contains_key(player_id)
     }

@@ -1,0 +1,300 @@
+//! Command-line flags (each with an environment variable) and the settings they make.
+//! With no flags at all the server runs on embedded defaults: no brokers, events to a
+//! local file, the development token key and control secret.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tanks_core::events::{KafkaSettings, SinkConfig};
+use tanks_core::protocol::control::DEFAULT_CONTROL_PORT;
+use tanks_core::protocol::game::{DEFAULT_METRICS_PORT, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT};
+use tanks_core::rabbit::{MATCHMAKING_EVENTS, PLAYER_COMMANDS};
+use tanks_core::token::TokenSigner;
+
+use crate::rate_limit::RateLimit;
+use crate::rules::Rules;
+use crate::sessions::ManagerConfig;
+
+/// Used when no control secret is configured, so a fresh checkout runs; never in production.
+pub const DEVELOPMENT_CONTROL_SECRET: &str = "tanks-development-control-secret";
+
+/// How `move` and `shoot` reach the simulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CommandPath {
+    /// Queued for the next tick by the receiving thread: the real-time path.
+    Direct,
+    /// Published to the command queue, applied by the PlayerCommandConsumer (the seed's flow).
+    Broker,
+}
+
+impl CommandPath {
+    pub fn label(self) -> &'static str {
+        match self {
+            CommandPath::Direct => "direct",
+            CommandPath::Broker => "broker",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "gameserver", version, about = "Authoritative tank-battle game server (UDP play, TCP commands, control interface for the operator)")]
+pub struct Args {
+    /// UDP address players send datagrams to.
+    #[arg(long, env = "GAMESERVER_UDP_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_UDP_PORT)))]
+    pub udp_addr: SocketAddr,
+    /// TCP address for text commands (LOGIN, MOVE, SHOOT).
+    #[arg(long, env = "GAMESERVER_TCP_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_TCP_PORT)))]
+    pub tcp_addr: SocketAddr,
+    /// Control interface for the operator (keep it off the players' network).
+    #[arg(long, env = "GAMESERVER_CONTROL_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_CONTROL_PORT)))]
+    pub control_addr: SocketAddr,
+    /// Prometheus metrics.
+    #[arg(long, env = "GAMESERVER_METRICS_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_METRICS_PORT)))]
+    pub metrics_addr: SocketAddr,
+    /// This server's name in events and load reports (the pod name under the operator).
+    #[arg(long, env = "GAMESERVER_NAME")]
+    pub server_name: Option<String>,
+
+    /// Simulation ticks (and snapshots) per second.
+    #[arg(long, env = "GAMESERVER_TICK_RATE", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=240))]
+    pub tick_rate: u32,
+    /// Sessions hosted at once.
+    #[arg(long, env = "GAMESERVER_MAX_SESSIONS", default_value_t = 512)]
+    pub max_sessions: usize,
+    /// Players per session (7 vs 7 by default).
+    #[arg(long, env = "GAMESERVER_PLAYERS_PER_SESSION", default_value_t = 14)]
+    pub players_per_session: usize,
+    /// A match lasts this many seconds (0: until one team is left or everyone leaves).
+    #[arg(long, env = "GAMESERVER_MATCH_SECONDS", default_value_t = 300)]
+    pub match_seconds: u64,
+    /// Whether players may join without a match, the seed's way.
+    #[arg(long, env = "GAMESERVER_OPEN_SESSIONS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub open_sessions: bool,
+    /// Seconds of silence after which a player is removed.
+    #[arg(long, env = "GAMESERVER_PLAYER_TIMEOUT_SECONDS", default_value_t = 30)]
+    pub player_timeout_seconds: u64,
+    /// Map size, units.
+    #[arg(long, env = "GAMESERVER_MAP_SIZE", default_value_t = 1000.0)]
+    pub map_size: f64,
+    /// Fastest a tank goes, units per second.
+    #[arg(long, env = "GAMESERVER_MAX_SPEED", default_value_t = 150.0)]
+    pub max_speed: f64,
+
+    /// Refuse `join_game` without a valid token (the default under the operator).
+    #[arg(long, env = "GAMESERVER_REQUIRE_TOKEN", default_value_t = false, action = clap::ArgAction::Set)]
+    pub require_token: bool,
+    /// File holding the token signing key (shared with the auth server).
+    #[arg(long, env = "TANKS_TOKEN_KEY_FILE")]
+    pub token_key_file: Option<PathBuf>,
+    /// File holding the control interface's bearer secret.
+    #[arg(long, env = "GAMESERVER_CONTROL_SECRET_FILE")]
+    pub control_secret_file: Option<PathBuf>,
+    /// The auth server, for TCP `LOGIN` (newline JSON over TCP).
+    #[arg(long, env = "GAMESERVER_AUTH_ADDR", default_value = "127.0.0.1:8888")]
+    pub auth_addr: String,
+
+    /// RabbitMQ URI. Without it, commands travel in-process.
+    #[arg(long, env = "GAMESERVER_AMQP_URL")]
+    pub amqp_url: Option<String>,
+    /// This server's player command queue (one per server when there are several).
+    #[arg(long, env = "GAMESERVER_COMMAND_QUEUE", default_value = PLAYER_COMMANDS)]
+    pub command_queue: String,
+    /// How UDP `move`/`shoot` reach the game.
+    #[arg(long, env = "GAMESERVER_COMMAND_PATH", value_enum, default_value_t = CommandPath::Direct)]
+    pub command_path: CommandPath,
+    /// Consume matchmaking events and create sessions from them (standalone; under the
+    /// operator the operator consumes them and calls the control interface).
+    #[arg(long, env = "GAMESERVER_CONSUME_MATCHMAKING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub consume_matchmaking: bool,
+    #[arg(long, env = "GAMESERVER_MATCHMAKING_QUEUE", default_value = MATCHMAKING_EVENTS)]
+    pub matchmaking_queue: String,
+    /// Unacked RabbitMQ messages in flight per consumer.
+    #[arg(long, env = "GAMESERVER_PREFETCH", default_value_t = 256)]
+    pub prefetch: u16,
+
+    /// Kafka bootstrap servers. Without them, events go to --events-file.
+    #[arg(long, env = "GAMESERVER_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// JSON-lines file for events when Kafka is not configured (default: in the temp dir).
+    #[arg(long, env = "GAMESERVER_EVENTS_FILE")]
+    pub events_file: Option<PathBuf>,
+    /// Publish tank coordinates every this many ticks (0: never).
+    #[arg(long, env = "GAMESERVER_COORDINATES_EVERY", default_value_t = 1)]
+    pub coordinates_every: u64,
+
+    /// Datagrams per second allowed from one source address.
+    #[arg(long, env = "GAMESERVER_RATE_LIMIT", default_value_t = 120.0)]
+    pub rate_limit: f64,
+    /// After SIGTERM, seconds to let running sessions finish before ending them.
+    #[arg(long, env = "GAMESERVER_DRAIN_SECONDS", default_value_t = 60)]
+    pub drain_seconds: u64,
+    /// UDP socket send and receive buffer, bytes.
+    #[arg(long, env = "GAMESERVER_SOCKET_BUFFER", default_value_t = 8 << 20)]
+    pub socket_buffer: usize,
+}
+
+/// Everything the server needs to start, built from [`Args`] or directly by tests.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub udp_addr: SocketAddr,
+    pub tcp_addr: SocketAddr,
+    pub control_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub manager: ManagerConfig,
+    pub require_token: bool,
+    pub signer: TokenSigner,
+    pub control_secret: String,
+    pub auth_addr: String,
+    pub amqp_url: Option<String>,
+    pub command_queue: String,
+    pub command_path: CommandPath,
+    pub matchmaking_queue: Option<String>,
+    pub prefetch: u16,
+    pub sink: SinkConfig,
+    pub rate_limit: RateLimit,
+    pub drain_timeout: Duration,
+    pub socket_buffer: usize,
+    /// What runs on embedded defaults, for the first log line.
+    pub defaults_in_use: Vec<&'static str>,
+}
+
+impl Settings {
+    /// Loopback, ephemeral ports, memory sink-ready defaults: for tests and tools.
+    pub fn local(sink: SinkConfig) -> Self {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            udp_addr: loopback,
+            tcp_addr: loopback,
+            control_addr: loopback,
+            metrics_addr: None,
+            manager: ManagerConfig::new("local", Rules::default()),
+            require_token: false,
+            signer: TokenSigner::from_key_file(None).expect("development key").0,
+            control_secret: DEVELOPMENT_CONTROL_SECRET.to_owned(),
+            auth_addr: "127.0.0.1:8888".to_owned(),
+            amqp_url: None,
+            command_queue: PLAYER_COMMANDS.to_owned(),
+            command_path: CommandPath::Direct,
+            matchmaking_queue: None,
+            prefetch: 256,
+            sink,
+            rate_limit: RateLimit::default(),
+            drain_timeout: Duration::from_secs(5),
+            socket_buffer: 4 << 20,
+            defaults_in_use: Vec::new(),
+        }
+    }
+}
+
+impl Args {
+    pub fn into_settings(self) -> anyhow::Result<Settings> {
+        let mut defaults = Vec::new();
+        let (signer, dev_key) = TokenSigner::from_key_file(self.token_key_file.as_deref())?;
+        if dev_key {
+            defaults.push("development token key");
+        }
+        let control_secret = match &self.control_secret_file {
+            Some(path) => {
+                let raw = std::fs::read_to_string(path)
+                    .map_err(|e| anyhow::anyhow!("reading control secret {}: {e}", path.display()))?;
+                let secret = raw.trim().to_owned();
+                anyhow::ensure!(secret.len() >= 16, "control secret in {} is shorter than 16 characters", path.display());
+                secret
+            }
+            None => {
+                defaults.push("development control secret");
+                DEVELOPMENT_CONTROL_SECRET.to_owned()
+            }
+        };
+        let sink = match (&self.kafka_brokers, &self.events_file) {
+            (Some(brokers), _) => SinkConfig::Kafka(KafkaSettings::new(brokers.clone(), "gameserver")),
+            (None, Some(path)) => SinkConfig::File(path.clone()),
+            (None, None) => {
+                defaults.push("events to a local file");
+                SinkConfig::File(std::env::temp_dir().join("gameserver-events.jsonl"))
+            }
+        };
+        if self.amqp_url.is_none() {
+            defaults.push("in-process command delivery");
+        }
+        let server = self
+            .server_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "gameserver".to_owned());
+        let mut rules = Rules::for_tick_rate(self.tick_rate);
+        rules.map_width = self.map_size;
+        rules.map_height = self.map_size;
+        rules.max_speed = self.max_speed;
+        let per_second = u64::from(self.tick_rate);
+        let mut manager = ManagerConfig::new(server, rules);
+        manager.max_sessions = self.max_sessions.max(1);
+        manager.players_per_session = self.players_per_session.max(1);
+        manager.match_ticks = self.match_seconds * per_second;
+        manager.player_timeout_ticks = self.player_timeout_seconds.max(1) * per_second;
+        manager.coordinates_every = self.coordinates_every;
+        manager.open_sessions = self.open_sessions;
+        Ok(Settings {
+            udp_addr: self.udp_addr,
+            tcp_addr: self.tcp_addr,
+            control_addr: self.control_addr,
+            metrics_addr: Some(self.metrics_addr),
+            manager,
+            require_token: self.require_token,
+            signer,
+            control_secret,
+            auth_addr: self.auth_addr,
+            amqp_url: self.amqp_url,
+            command_queue: self.command_queue,
+            command_path: self.command_path,
+            matchmaking_queue: self.consume_matchmaking.then_some(self.matchmaking_queue),
+            prefetch: self.prefetch.max(1),
+            sink,
+            rate_limit: RateLimit { per_second: self.rate_limit, burst: self.rate_limit.max(1.0) },
+            drain_timeout: Duration::from_secs(self.drain_seconds),
+            socket_buffer: self.socket_buffer,
+            defaults_in_use: defaults,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_flags_means_embedded_defaults() {
+        let args = Args::try_parse_from(["gameserver"]).unwrap();
+        assert_eq!(args.udp_addr.port(), 9999);
+        assert_eq!(args.tcp_addr.port(), 8889);
+        assert_eq!(args.metrics_addr.port(), 8001);
+        let settings = args.into_settings().unwrap();
+        assert!(settings.defaults_in_use.contains(&"development control secret"));
+        assert!(settings.defaults_in_use.contains(&"in-process command delivery"));
+        assert_eq!(settings.command_queue, "player_commands");
+        assert_eq!(settings.manager.players_per_session, 14);
+    }
+
+    #[test]
+    fn flags_override() {
+        let args = Args::try_parse_from([
+            "gameserver",
+            "--command-path",
+            "broker",
+            "--require-token",
+            "true",
+            "--command-queue",
+            "player_commands.gs-1",
+            "--tick-rate",
+            "60",
+        ])
+        .unwrap();
+        let settings = args.into_settings().unwrap();
+        assert_eq!(settings.command_path, CommandPath::Broker);
+        assert!(settings.require_token);
+        assert_eq!(settings.command_queue, "player_commands.gs-1");
+        assert_eq!(settings.manager.rules.tick_rate, 60);
+    }
+}

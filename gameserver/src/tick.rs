@@ -1,0 +1,102 @@
+//! The fixed-rate tick: a dedicated thread that, every period, advances the
+//! simulation under the session lock, then sends the tick's snapshots with the lock
+//! released, so inputs keep flowing while the kernel copies datagrams.
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::udp::SharedManager;
+
+/// What the tick thread should do next, set by the server's shutdown sequence.
+#[derive(Clone, Default)]
+pub struct TickControl(Arc<AtomicU8>);
+
+const RUN: u8 = 0;
+/// End every session (telling the players), then stop.
+const END_ALL_AND_STOP: u8 = 1;
+
+impl TickControl {
+    pub fn end_all_and_stop(&self) {
+        self.0.store(END_ALL_AND_STOP, Ordering::SeqCst);
+    }
+
+    fn running(&self) -> bool {
+        self.0.load(Ordering::SeqCst) == RUN
+    }
+}
+
+pub struct Ticker {
+    pub manager: SharedManager,
+    pub socket: Arc<UdpSocket>,
+    pub metrics: Metrics,
+    /// The number of the last completed tick, for consumers that ack once their
+    /// command has been applied.
+    pub completed: watch::Sender<u64>,
+    pub control: TickControl,
+}
+
+impl Ticker {
+    pub fn run(self) {
+        let rate = self.lock().config().rules.tick_rate.max(1);
+        let period = Duration::from_secs(1) / rate;
+        let mut outbox = Outbox::default();
+        let mut next = Instant::now() + period;
+        while self.control.running() {
+            let started = Instant::now();
+            let tick = {
+                let mut manager = self.lock();
+                manager.step(&mut outbox);
+                self.metrics.sessions.set(manager.sessions() as i64);
+                self.metrics.players.set(manager.player_count() as i64);
+                self.metrics.tanks_in_use.set(manager.tanks_in_use() as i64);
+                manager.tick()
+            };
+            self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
+            self.send(&outbox);
+            self.completed.send_replace(tick);
+            let now = Instant::now();
+            if now > next + period {
+                // Too far behind to catch up without a burst of ticks: skip ahead.
+                self.metrics.ticks_late.inc();
+                next = now + period;
+            } else {
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+                next += period;
+            }
+        }
+        let ended = self.lock().end_all("server_shutdown", &mut outbox);
+        self.send(&outbox);
+        if ended > 0 {
+            tracing::info!(sessions = ended, "ended the remaining sessions");
+        }
+        self.completed.send_replace(u64::MAX);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, crate::sessions::SessionManager> {
+        self.manager.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn send(&self, outbox: &Outbox) {
+        if outbox.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let mut sent = 0u64;
+        for (addr, message) in outbox.iter() {
+            match self.socket.send_to(message, addr) {
+                Ok(_) => sent += 1,
+                Err(_) => self.metrics.send_errors.inc(),
+            }
+        }
+        self.metrics.datagrams_out.inc_by(sent);
+        self.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+    }
+}

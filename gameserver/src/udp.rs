@@ -1,0 +1,266 @@
+//! The UDP play port: one thread receives datagrams, limits each source's rate,
+//! parses, and either answers at once (joins, leaves, errors) or queues the input
+//! for the next tick. Snapshots are sent by the tick thread ([`crate::tick`]).
+//!
+//! A plain blocking thread rather than async tasks: per datagram it costs one
+//! `recvfrom` and no wake-ups, and the receive buffer and reply buffer are reused.
+
+use std::io::Write;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus::IntCounter;
+use socket2::{Domain, Protocol, Socket, Type};
+use tanks_core::protocol::game::{
+    Datagram, MAX_DATAGRAM, MSG_LEFT, MSG_NOT_IN_GAME, PlayerCommand, Reply, parse_datagram,
+};
+use tanks_core::token::TokenSigner;
+
+use crate::commands::CommandBus;
+use crate::config::CommandPath;
+use crate::metrics::Metrics;
+use crate::rate_limit::{RateLimit, RateLimiter};
+use crate::sessions::{InputError, JoinOutcome, SessionManager};
+
+pub type SharedManager = Arc<Mutex<SessionManager>>;
+
+pub const MSG_TOKEN_REQUIRED: &str = "Token required";
+pub const MSG_BAD_TOKEN: &str = "Invalid or expired token";
+pub const MSG_TOKEN_MISMATCH: &str = "Token does not match player_id";
+pub const MSG_BUSY: &str = "Server busy";
+
+/// Most sources the rate limiter tracks.
+const MAX_SOURCES: usize = 200_000;
+
+/// Binds the play socket with large buffers: a tick's snapshots leave in a burst, and
+/// inputs from thousands of players arrive in bursts too.
+pub fn bind(addr: SocketAddr, buffer: usize) -> anyhow::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(buffer);
+    let _ = socket.set_send_buffer_size(buffer);
+    socket.bind(&addr.into()).map_err(|e| anyhow::anyhow!("binding UDP {addr}: {e}"))?;
+    let socket: UdpSocket = socket.into();
+    socket.set_read_timeout(Some(Duration::from_millis(100)))?;
+    Ok(socket)
+}
+
+/// Counters resolved once, so the per-datagram path does no label lookups.
+struct HotCounters {
+    moves: IntCounter,
+    shots: IntCounter,
+    not_in_game: IntCounter,
+    rate_limited: IntCounter,
+}
+
+pub struct UdpHandler {
+    manager: SharedManager,
+    socket: Arc<UdpSocket>,
+    signer: TokenSigner,
+    require_token: bool,
+    path: CommandPath,
+    bus: Option<CommandBus>,
+    metrics: Metrics,
+    hot: HotCounters,
+    limiter: RateLimiter,
+    reply: Vec<u8>,
+}
+
+impl UdpHandler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        manager: SharedManager,
+        socket: Arc<UdpSocket>,
+        signer: TokenSigner,
+        require_token: bool,
+        path: CommandPath,
+        bus: Option<CommandBus>,
+        limit: RateLimit,
+        metrics: Metrics,
+    ) -> Self {
+        let label = path.label();
+        let hot = HotCounters {
+            moves: metrics.commands.with_label_values(&["move", label, "ok"]),
+            shots: metrics.commands.with_label_values(&["shoot", label, "ok"]),
+            not_in_game: metrics.bad_datagrams.with_label_values(&["not_in_game"]),
+            rate_limited: metrics.bad_datagrams.with_label_values(&["rate_limited"]),
+        };
+        Self {
+            manager,
+            socket,
+            signer,
+            require_token,
+            path,
+            bus,
+            metrics,
+            hot,
+            limiter: RateLimiter::new(limit, MAX_SOURCES),
+            reply: Vec::with_capacity(512),
+        }
+    }
+
+    /// Receives until `stop` is set.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        while !stop.load(Ordering::Relaxed) {
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, from)) => self.handle(&buf[..n], from, Instant::now()),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e) => {
+                    // ICMP errors from earlier sends surface here; they are not ours to fix.
+                    tracing::debug!(error = %e, "UDP receive error");
+                }
+            }
+        }
+    }
+
+    /// Handles one datagram. Never panics on its content.
+    pub fn handle(&mut self, bytes: &[u8], from: SocketAddr, now: Instant) {
+        self.metrics.datagrams_in.inc();
+        if !self.limiter.allow(from, now) {
+            self.hot.rate_limited.inc();
+            return;
+        }
+        // A datagram that filled the buffer was truncated by the kernel: too large.
+        let datagram = match parse_datagram(bytes) {
+            Ok(d) => d,
+            Err(e) => {
+                self.metrics.bad(e.reason());
+                self.send_status("error", "message", e.message(), from);
+                return;
+            }
+        };
+        match datagram {
+            Datagram::Join { player_id, token, session_id } => {
+                self.join(&player_id, token.as_deref(), session_id.as_deref(), from)
+            }
+            Datagram::Move { player_id, position, seq } => match self.path {
+                CommandPath::Direct => {
+                    let result = self.lock().queue_move(&player_id, Some(from), position, seq);
+                    self.input_result(result.map(|_| ()), &self.hot.moves.clone(), from);
+                }
+                CommandPath::Broker => {
+                    self.publish(&player_id, from, || PlayerCommand::moved(&player_id, position, seq), true)
+                }
+            },
+            Datagram::Shoot { player_id, target, seq } => match self.path {
+                CommandPath::Direct => {
+                    let result = self.lock().queue_shot(&player_id, Some(from), target.as_deref(), seq);
+                    self.input_result(result.map(|_| ()), &self.hot.shots.clone(), from);
+                }
+                CommandPath::Broker => self.publish(
+                    &player_id,
+                    from,
+                    || PlayerCommand::shot(&player_id, target.as_deref(), seq),
+                    false,
+                ),
+            },
+            Datagram::Leave { player_id } => {
+                let result = self.lock().leave(&player_id, Some(from));
+                match result {
+                    Ok(()) => {
+                        self.metrics.command("leave", "udp", "ok");
+                        self.send_status("left_game", "message", MSG_LEFT, from);
+                    }
+                    Err(InputError::NotInGame) => {
+                        self.metrics.command("leave", "udp", "not_in_game");
+                        self.send_status("not_in_game", "message", MSG_NOT_IN_GAME, from);
+                    }
+                    Err(InputError::WrongSource) => self.metrics.bad("wrong_source"),
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionManager> {
+        // A panic elsewhere while holding the lock must not stop play: the state is
+        // still consistent between operations.
+        self.manager.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn input_result(&mut self, result: Result<(), InputError>, ok: &IntCounter, from: SocketAddr) {
+        match result {
+            Ok(()) => ok.inc(),
+            Err(InputError::NotInGame) => {
+                self.hot.not_in_game.inc();
+                self.send_status("not_in_game", "message", MSG_NOT_IN_GAME, from);
+            }
+            // Someone else's address claiming a token-bound player: say nothing.
+            Err(InputError::WrongSource) => self.metrics.bad("wrong_source"),
+        }
+    }
+
+    /// The broker path: check the sender here (the consumer cannot see addresses),
+    /// then hand the command to the bus without waiting.
+    fn publish(&mut self, player_id: &str, from: SocketAddr, command: impl FnOnce() -> PlayerCommand, is_move: bool) {
+        let kind = if is_move { "move" } else { "shoot" };
+        let checked = self.lock().touch(player_id, Some(from));
+        if let Err(e) = checked {
+            return self.input_result(Err(e), &self.hot.moves.clone(), from);
+        }
+        let Some(bus) = &self.bus else {
+            self.metrics.command(kind, "broker", "no_bus");
+            return;
+        };
+        let body = serde_json::to_vec(&command()).unwrap_or_default();
+        if bus.try_send(body) {
+            self.metrics.command(kind, "broker", "published");
+        } else {
+            self.metrics.command(kind, "broker", "dropped");
+            self.send_status("error", "message", MSG_BUSY, from);
+        }
+    }
+
+    fn join(&mut self, player_id: &str, token: Option<&str>, session_id: Option<&str>, from: SocketAddr) {
+        let bound = match token {
+            Some(token) => match self.signer.verify(token) {
+                Ok(claims) if claims.sub == player_id => true,
+                Ok(_) => return self.join_failed(MSG_TOKEN_MISMATCH, from),
+                Err(_) => return self.join_failed(MSG_BAD_TOKEN, from),
+            },
+            None if self.require_token => return self.join_failed(MSG_TOKEN_REQUIRED, from),
+            None => false,
+        };
+        let outcome = self.lock().join(player_id, from, bound, session_id);
+        let reply = match outcome {
+            JoinOutcome::Joined { session_id, tank } => {
+                self.metrics.command("join", "udp", "joined");
+                Reply::Joined {
+                    session_id,
+                    tank_id: tank.id.clone(),
+                    initial_state: tank,
+                    tick_rate: self.lock().config().rules.tick_rate,
+                }
+            }
+            JoinOutcome::AlreadyInSession { session_id, tank_id } => {
+                self.metrics.command("join", "udp", "already_in_session");
+                Reply::AlreadyInSession { session_id, tank_id }
+            }
+            JoinOutcome::Failed(reason) => return self.join_failed(reason, from),
+        };
+        self.reply.clear();
+        let _ = serde_json::to_writer(&mut self.reply, &reply);
+        self.send_reply(from);
+    }
+
+    fn join_failed(&mut self, reason: &'static str, from: SocketAddr) {
+        self.metrics.command("join", "udp", "failed");
+        self.send_status("join_failed", "reason", reason, from);
+    }
+
+    /// `{"status":<status>,<field>:<text>}`; every text here is one of our constants.
+    fn send_status(&mut self, status: &str, field: &str, text: &str, to: SocketAddr) {
+        self.reply.clear();
+        let _ = write!(self.reply, r#"{{"status":"{status}","{field}":"{text}"}}"#);
+        self.send_reply(to);
+    }
+
+    fn send_reply(&mut self, to: SocketAddr) {
+        match self.socket.send_to(&self.reply, to) {
+            Ok(_) => self.metrics.datagrams_out.inc(),
+            Err(_) => self.metrics.send_errors.inc(),
+        }
+    }
+}
