@@ -48,14 +48,16 @@ impl Ticker {
         let mut outbox = Outbox::default();
         let mut next = Instant::now() + period;
         while self.control.running() {
-            let started = Instant::now();
-            let tick = {
+            let (tick, started) = {
                 let mut manager = self.lock();
+                // Timed from the lock on: the tick's own work, not the wait for a
+                // datagram being handled on the receive thread.
+                let started = Instant::now();
                 manager.step(&mut outbox);
                 self.metrics.sessions.set(manager.sessions() as i64);
                 self.metrics.players.set(manager.player_count() as i64);
                 self.metrics.tanks_in_use.set(manager.tanks_in_use() as i64);
-                manager.tick()
+                (manager.tick(), started)
             };
             self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
             self.send(&outbox);
