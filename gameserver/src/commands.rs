@@ -16,7 +16,9 @@ use futures::stream::FuturesUnordered;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use tanks_core::protocol::control::CreateSession;
-use tanks_core::protocol::game::{CommandAction, MatchmakingEvent, NEW_MATCH_CREATED, PlayerCommand};
+use tanks_core::protocol::game::{
+    CommandAction, MatchmakingEvent, NEW_MATCH_CREATED, PlayerCommand,
+};
 use tanks_core::rabbit::{self, ConsumerSpec, Outcome, Publisher};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -44,7 +46,9 @@ impl CommandBus {
 }
 
 fn lock(manager: &Mutex<SessionManager>) -> std::sync::MutexGuard<'_, SessionManager> {
-    manager.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    manager
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Applies `player_commands` messages.
@@ -76,19 +80,24 @@ impl PlayerCommandConsumer {
         let (kind, queued) = {
             let mut manager = lock(&self.manager);
             match &action {
-                CommandAction::Move { position, seq } => {
-                    ("move", manager.queue_move(&command.player_id, None, *position, *seq))
-                }
-                CommandAction::Shoot { target, seq } => {
-                    ("shoot", manager.queue_shot(&command.player_id, None, target.as_deref(), *seq))
-                }
+                CommandAction::Move { position, seq } => (
+                    "move",
+                    manager.queue_move(&command.player_id, None, *position, *seq),
+                ),
+                CommandAction::Shoot { target, seq } => (
+                    "shoot",
+                    manager.queue_shot(&command.player_id, None, target.as_deref(), *seq),
+                ),
             }
         };
         let tick = match queued {
             Ok(tick) => tick,
             Err(InputError::NotInGame | InputError::WrongSource) => {
                 self.metrics.command(kind, "broker", "dead_letter");
-                return Outcome::DeadLetter(format!("player {:?} is not in a game", command.player_id));
+                return Outcome::DeadLetter(format!(
+                    "player {:?} is not in a game",
+                    command.player_id
+                ));
             }
         };
         let mut completed = self.completed.clone();
@@ -120,20 +129,35 @@ impl MatchmakingEventConsumer {
         }
         let details = event.match_details;
         // Idempotence needs an id: the match's, else the message's, else the body's hash.
-        let match_id = details.match_id.clone().or_else(|| message_id.map(str::to_owned)).unwrap_or_else(|| {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            body.hash(&mut hasher);
-            format!("mm-{:016x}", hasher.finish())
-        });
-        let request = CreateSession { match_id, players: details.players, map: details.map, mode: details.mode };
+        let match_id = details
+            .match_id
+            .clone()
+            .or_else(|| message_id.map(str::to_owned))
+            .unwrap_or_else(|| {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                body.hash(&mut hasher);
+                format!("mm-{:016x}", hasher.finish())
+            });
+        let request = CreateSession {
+            match_id,
+            players: details.players,
+            map: details.map,
+            mode: details.mode,
+        };
         let created = lock(&self.manager).create_match(&request);
         match created {
             Ok(created) => {
-                self.metrics.command("create_session", "broker", if created.created { "created" } else { "exists" });
+                self.metrics.command(
+                    "create_session",
+                    "broker",
+                    if created.created { "created" } else { "exists" },
+                );
                 tracing::info!(match_id = %created.match_id, session_id = %created.session_id, "session for a matchmaking event");
                 Outcome::Ack
             }
-            Err(CreateError::BadMatchId) => Outcome::DeadLetter("match_id must be 1 to 128 characters".into()),
+            Err(CreateError::BadMatchId) => {
+                Outcome::DeadLetter("match_id must be 1 to 128 characters".into())
+            }
             Err(e @ (CreateError::Full | CreateError::Draining)) => {
                 // Another server may have room: give it back, after a pause so a full
                 // server does not spin on it.
@@ -158,8 +182,18 @@ pub fn start_command_path(
     let bus = CommandBus { tx };
     let tasks = match amqp_url {
         Some(uri) => {
-            let publish = tokio::spawn(publish_loop(uri.clone(), queue.clone(), rx, consumer.metrics.clone()));
-            let spec = ConsumerSpec { uri, queue, prefetch, tag: format!("gameserver-commands-{}", std::process::id()) };
+            let publish = tokio::spawn(publish_loop(
+                uri.clone(),
+                queue.clone(),
+                rx,
+                consumer.metrics.clone(),
+            ));
+            let spec = ConsumerSpec {
+                uri,
+                queue,
+                prefetch,
+                tag: format!("gameserver-commands-{}", std::process::id()),
+            };
             let consume = tokio::spawn(rabbit::consume(
                 spec,
                 move |delivery| {
@@ -183,13 +217,22 @@ pub fn start_matchmaking(
     consumer: Arc<MatchmakingEventConsumer>,
     shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let spec = ConsumerSpec { uri: amqp_url, queue, prefetch: 16, tag: format!("gameserver-matchmaking-{}", std::process::id()) };
+    let spec = ConsumerSpec {
+        uri: amqp_url,
+        queue,
+        prefetch: 16,
+        tag: format!("gameserver-matchmaking-{}", std::process::id()),
+    };
     tokio::spawn(rabbit::consume(
         spec,
         move |delivery| {
             let consumer = consumer.clone();
             async move {
-                let message_id = delivery.properties.message_id().as_ref().map(|m| m.to_string());
+                let message_id = delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.to_string());
                 consumer.handle(&delivery.data, message_id.as_deref()).await
             }
         },
@@ -216,7 +259,9 @@ async fn in_process(
             _ = &mut stop => return,
             body = rx.recv() => match body { Some(b) => b, None => return },
         };
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let consumer = consumer.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -229,7 +274,12 @@ async fn in_process(
 
 /// Publishes bus bodies to `queue`, keeping up to [`CONFIRM_WINDOW`] unconfirmed.
 /// On a broker failure it reconnects with backoff and retries the body in hand.
-async fn publish_loop(uri: String, queue: String, mut rx: mpsc::Receiver<Vec<u8>>, metrics: Metrics) {
+async fn publish_loop(
+    uri: String,
+    queue: String,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    metrics: Metrics,
+) {
     let mut pending: Option<Vec<u8>> = None;
     let mut backoff = rabbit::Backoff::default();
     loop {
@@ -263,7 +313,13 @@ async fn publish_loop(uri: String, queue: String, mut rx: mpsc::Receiver<Vec<u8>
             let props = BasicProperties::default().with_content_type("application/json".into());
             let sent = publisher
                 .channel()
-                .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &body, props)
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    props,
+                )
                 .await;
             match sent {
                 Ok(confirm) => confirms.push(confirm),

@@ -39,7 +39,11 @@ impl CommandPath {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "gameserver", version, about = "Authoritative tank-battle game server (UDP play, TCP commands, control interface for the operator)")]
+#[command(
+    name = "gameserver",
+    version,
+    about = "Authoritative tank-battle game server (UDP play, TCP commands, control interface for the operator)"
+)]
 pub struct Args {
     /// UDP address players send datagrams to.
     #[arg(long, env = "GAMESERVER_UDP_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_UDP_PORT)))]
@@ -197,10 +201,15 @@ impl Args {
         }
         let control_secret = match &self.control_secret_file {
             Some(path) => {
-                let raw = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("reading control secret {}: {e}", path.display()))?;
+                let raw = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("reading control secret {}: {e}", path.display())
+                })?;
                 let secret = raw.trim().to_owned();
-                anyhow::ensure!(secret.len() >= 16, "control secret in {} is shorter than 16 characters", path.display());
+                anyhow::ensure!(
+                    secret.len() >= 16,
+                    "control secret in {} is shorter than 16 characters",
+                    path.display()
+                );
                 secret
             }
             None => {
@@ -209,7 +218,9 @@ impl Args {
             }
         };
         let sink = match (&self.kafka_brokers, &self.events_file) {
-            (Some(brokers), _) => SinkConfig::Kafka(KafkaSettings::new(brokers.clone(), "gameserver")),
+            (Some(brokers), _) => {
+                SinkConfig::Kafka(KafkaSettings::new(brokers.clone(), "gameserver"))
+            }
             (None, Some(path)) => SinkConfig::File(path.clone()),
             (None, None) => {
                 defaults.push("events to a local file");
@@ -252,7 +263,10 @@ impl Args {
             matchmaking_queue: self.consume_matchmaking.then_some(self.matchmaking_queue),
             prefetch: self.prefetch.max(1),
             sink,
-            rate_limit: RateLimit { per_second: self.rate_limit, burst: self.rate_limit.max(1.0) },
+            rate_limit: RateLimit {
+                per_second: self.rate_limit,
+                burst: self.rate_limit.max(1.0),
+            },
             drain_timeout: Duration::from_secs(self.drain_seconds),
             socket_buffer: self.socket_buffer,
             defaults_in_use: defaults,
@@ -271,8 +285,16 @@ mod tests {
         assert_eq!(args.tcp_addr.port(), 8889);
         assert_eq!(args.metrics_addr.port(), 8001);
         let settings = args.into_settings().unwrap();
-        assert!(settings.defaults_in_use.contains(&"development control secret"));
-        assert!(settings.defaults_in_use.contains(&"in-process command delivery"));
+        assert!(
+            settings
+                .defaults_in_use
+                .contains(&"development control secret")
+        );
+        assert!(
+            settings
+                .defaults_in_use
+                .contains(&"in-process command delivery")
+        );
         assert_eq!(settings.command_queue, "player_commands");
         assert_eq!(settings.manager.players_per_session, 14);
     }

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use subtle::ConstantTimeEq;
 use tanks_core::protocol::control::{
-    CreateSession, ControlError, DRAIN_PATH, HEALTHZ_PATH, LOAD_PATH, READYZ_PATH, SESSIONS_PATH,
+    ControlError, CreateSession, DRAIN_PATH, HEALTHZ_PATH, LOAD_PATH, READYZ_PATH, SESSIONS_PATH,
 };
 
 use crate::metrics::Metrics;
@@ -36,14 +36,23 @@ pub fn router(state: ControlState) -> Router {
 }
 
 fn lock(manager: &Mutex<SessionManager>) -> std::sync::MutexGuard<'_, SessionManager> {
-    manager.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    manager
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (status, Json(ControlError { error: code.to_owned(), message: message.into() })).into_response()
+    (
+        status,
+        Json(ControlError {
+            error: code.to_owned(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
 }
 
-fn authorized(state: &ControlState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(state: &ControlState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -52,13 +61,17 @@ fn authorized(state: &ControlState, headers: &HeaderMap) -> Result<(), Response>
     if bool::from(presented.as_bytes().ct_eq(state.secret.as_bytes())) {
         Ok(())
     } else {
-        Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer secret"))
+        Err(Box::new(error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong bearer secret",
+        )))
     }
 }
 
 async fn load(State(state): State<ControlState>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorized(&state, &headers) {
-        return denied;
+        return *denied;
     }
     Json(lock(&state.manager).load_report()).into_response()
 }
@@ -69,16 +82,26 @@ async fn create_session(
     body: axum::body::Bytes,
 ) -> Response {
     if let Err(denied) = authorized(&state, &headers) {
-        return denied;
+        return *denied;
     }
     let request: CreateSession = match serde_json::from_slice(&body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", format!("invalid CreateSession: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("invalid CreateSession: {e}"),
+            );
+        }
     };
     let result = lock(&state.manager).create_match(&request);
     match result {
         Ok(created) => {
-            state.metrics.command("create_session", "control", if created.created { "created" } else { "exists" });
+            state.metrics.command(
+                "create_session",
+                "control",
+                if created.created { "created" } else { "exists" },
+            );
             // 200 whether created or found: the body's `created` tells them apart.
             Json(created).into_response()
         }
@@ -95,7 +118,7 @@ async fn create_session(
 
 async fn drain(State(state): State<ControlState>, headers: HeaderMap) -> Response {
     if let Err(denied) = authorized(&state, &headers) {
-        return denied;
+        return *denied;
     }
     let mut manager = lock(&state.manager);
     if !manager.is_draining() {

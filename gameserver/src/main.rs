@@ -29,14 +29,21 @@ fn main() -> ExitCode {
     }
     // Two workers: the hot paths (UDP receive, tick) have threads of their own; the
     // runtime carries the control interface, TCP commands, brokers and events.
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("gameserver: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(gameserver::server::run(settings, telemetry::shutdown_signal())) {
+    match runtime.block_on(gameserver::server::run(
+        settings,
+        telemetry::shutdown_signal(),
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "gameserver failed");

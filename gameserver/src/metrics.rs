@@ -41,30 +41,46 @@ impl Metrics {
     fn register(registry: Registry) -> Self {
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let histogram = |name: &str, help: &str| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(TICK_BUCKETS.to_vec()))
-                .expect("valid metric");
-            registry.register(Box::new(h.clone())).expect("unique metric");
+            let h =
+                Histogram::with_opts(HistogramOpts::new(name, help).buckets(TICK_BUCKETS.to_vec()))
+                    .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("unique metric");
             h
         };
-        let bad_datagrams =
-            IntCounterVec::new(Opts::new("bad_datagrams_total", "Datagrams refused, by reason"), &["reason"])
-                .expect("valid metric");
-        registry.register(Box::new(bad_datagrams.clone())).expect("unique metric");
+        let bad_datagrams = IntCounterVec::new(
+            Opts::new("bad_datagrams_total", "Datagrams refused, by reason"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(bad_datagrams.clone()))
+            .expect("unique metric");
         let commands = IntCounterVec::new(
-            Opts::new("commands_total", "Player commands, by type, path and result"),
+            Opts::new(
+                "commands_total",
+                "Player commands, by type, path and result",
+            ),
             &["type", "path", "result"],
         )
         .expect("valid metric");
-        registry.register(Box::new(commands.clone())).expect("unique metric");
+        registry
+            .register(Box::new(commands.clone()))
+            .expect("unique metric");
         Self {
             datagrams_in: counter("datagrams_received_total", "UDP datagrams received"),
             datagrams_out: counter("datagrams_sent_total", "UDP datagrams sent"),
@@ -73,9 +89,15 @@ impl Metrics {
             sessions: gauge("sessions", "Live sessions"),
             players: gauge("players", "Players in sessions"),
             tanks_in_use: gauge("tanks_in_use", "Tanks taken from the pool"),
-            tick_seconds: histogram("tick_duration_seconds", "Simulation and snapshot building per tick"),
+            tick_seconds: histogram(
+                "tick_duration_seconds",
+                "Simulation and snapshot building per tick",
+            ),
             send_seconds: histogram("snapshot_send_seconds", "Sending one tick's snapshots"),
-            ticks_late: counter("ticks_late_total", "Ticks that started more than one period late"),
+            ticks_late: counter(
+                "ticks_late_total",
+                "Ticks that started more than one period late",
+            ),
             commands,
             tcp_connections: gauge("tcp_connections", "Open TCP command connections"),
             events: EventMetrics::register(&registry).expect("unique metric"),

@@ -47,7 +47,9 @@ impl Outbox {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
-        self.sends.iter().map(|(addr, range)| (*addr, &self.buf[range.clone()]))
+        self.sends
+            .iter()
+            .map(|(addr, range)| (*addr, &self.buf[range.clone()]))
     }
 }
 
@@ -68,7 +70,14 @@ mod tests {
         out.writer().write_all(b"bye").unwrap();
         out.send_to(a);
         let got: Vec<_> = out.iter().map(|(addr, m)| (addr, m.to_vec())).collect();
-        assert_eq!(got, [(a, b"hello".to_vec()), (b, b"hello".to_vec()), (a, b"bye".to_vec())]);
+        assert_eq!(
+            got,
+            [
+                (a, b"hello".to_vec()),
+                (b, b"hello".to_vec()),
+                (a, b"bye".to_vec())
+            ]
+        );
         assert_eq!(out.bytes(), 8, "serialized once");
         out.clear();
         assert!(out.is_empty());

@@ -18,8 +18,14 @@ pub struct TankPool {
 
 impl TankPool {
     pub fn new(capacity: usize, rules: &Rules) -> Self {
-        let tanks = (0..capacity).map(|i| Tank::new(format!("tank_{i}"), rules)).collect();
-        Self { tanks, in_use: vec![false; capacity], free: (0..capacity as u32).rev().collect() }
+        let tanks = (0..capacity)
+            .map(|i| Tank::new(format!("tank_{i}"), rules))
+            .collect();
+        Self {
+            tanks,
+            in_use: vec![false; capacity],
+            free: (0..capacity as u32).rev().collect(),
+        }
     }
 
     pub fn acquire(&mut self) -> Option<TankIdx> {

@@ -54,7 +54,10 @@ impl Rules {
     }
 
     pub fn clamp_to_map(&self, p: [f64; 2]) -> [f64; 2] {
-        [p[0].clamp(0.0, self.map_width), p[1].clamp(0.0, self.map_height)]
+        [
+            p[0].clamp(0.0, self.map_width),
+            p[1].clamp(0.0, self.map_height),
+        ]
     }
 }
 
@@ -177,7 +180,10 @@ impl Tank {
     /// back after [`Rules::respawn_ticks`].
     pub fn take_damage(&mut self, amount: i32, now: u64, respawn: bool, rules: &Rules) -> Damage {
         if !self.alive {
-            return Damage { health: self.health, destroyed: false };
+            return Damage {
+                health: self.health,
+                destroyed: false,
+            };
         }
         self.health = (self.health - amount.max(0)).max(0);
         let destroyed = self.health == 0;
@@ -186,7 +192,10 @@ impl Tank {
             self.deaths += 1;
             self.respawn_tick = respawn.then_some(now + rules.respawn_ticks);
         }
-        Damage { health: self.health, destroyed }
+        Damage {
+            health: self.health,
+            destroyed,
+        }
     }
 
     /// Ammunition comes back over time. Returns true when the tank is due to respawn.
@@ -219,14 +228,21 @@ mod tests {
         let (mut tank, rules) = tank();
         assert!(tank.move_toward([103.0, 104.0], &rules));
         assert_eq!(tank.position, [103.0, 104.0]);
-        assert!(!tank.move_toward([103.0, 104.0], &rules), "no change is no move");
+        assert!(
+            !tank.move_toward([103.0, 104.0], &rules),
+            "no change is no move"
+        );
     }
 
     #[test]
     fn a_teleport_is_clamped_to_the_maximum_speed() {
         let (mut tank, rules) = tank();
         tank.move_toward([900.0, 100.0], &rules);
-        assert_eq!(tank.position, [110.0, 100.0], "2 * 150 / 30 = 10 units per tick");
+        assert_eq!(
+            tank.position,
+            [110.0, 100.0],
+            "2 * 150 / 30 = 10 units per tick"
+        );
     }
 
     #[test]
@@ -266,11 +282,26 @@ mod tests {
     fn damage_destroys_and_respawn_comes_due() {
         let (mut tank, rules) = tank();
         for expected in [75, 50, 25] {
-            assert_eq!(tank.take_damage(25, 10, true, &rules), Damage { health: expected, destroyed: false });
+            assert_eq!(
+                tank.take_damage(25, 10, true, &rules),
+                Damage {
+                    health: expected,
+                    destroyed: false
+                }
+            );
         }
-        assert_eq!(tank.take_damage(25, 10, true, &rules), Damage { health: 0, destroyed: true });
+        assert_eq!(
+            tank.take_damage(25, 10, true, &rules),
+            Damage {
+                health: 0,
+                destroyed: true
+            }
+        );
         assert!(!tank.alive);
-        assert_eq!(tank.take_damage(25, 11, true, &rules).destroyed, false, "destroyed only once");
+        assert!(
+            !tank.take_damage(25, 11, true, &rules).destroyed,
+            "destroyed only once"
+        );
         assert!(!tank.move_toward([0.0, 0.0], &rules), "wrecks do not move");
         assert_eq!(tank.shoot(100, &rules), Err(ShotRefused::Destroyed));
         assert!(!tank.regenerate(10 + rules.respawn_ticks - 1, &rules));
@@ -292,6 +323,9 @@ mod tests {
         tank.reset(&rules);
         assert_eq!(tank.id(), "tank_0");
         assert!(tank.alive);
-        assert_eq!((tank.health, tank.ammo, tank.team, tank.deaths), (100, 10, 0, 0));
+        assert_eq!(
+            (tank.health, tank.ammo, tank.team, tank.deaths),
+            (100, 10, 0, 0)
+        );
     }
 }

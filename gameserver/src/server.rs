@@ -40,7 +40,10 @@ pub struct Running {
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let metrics = Metrics::new();
     let (events, pump) = EventPublisher::start(settings.sink.clone(), metrics.events.clone())?;
-    let manager: SharedManager = Arc::new(Mutex::new(SessionManager::new(settings.manager.clone(), events)));
+    let manager: SharedManager = Arc::new(Mutex::new(SessionManager::new(
+        settings.manager.clone(),
+        events,
+    )));
     let socket = Arc::new(udp::bind(settings.udp_addr, settings.socket_buffer)?);
     let udp_addr = socket.local_addr()?;
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -67,8 +70,16 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         None
     };
     if let (Some(uri), Some(queue)) = (&settings.amqp_url, &settings.matchmaking_queue) {
-        let consumer = Arc::new(MatchmakingEventConsumer { manager: manager.clone(), metrics: metrics.clone() });
-        tasks.push(commands::start_matchmaking(uri.clone(), queue.clone(), consumer, shutdown_rx.clone()));
+        let consumer = Arc::new(MatchmakingEventConsumer {
+            manager: manager.clone(),
+            metrics: metrics.clone(),
+        });
+        tasks.push(commands::start_matchmaking(
+            uri.clone(),
+            queue.clone(),
+            consumer,
+            shutdown_rx.clone(),
+        ));
     }
 
     let stop_udp = Arc::new(AtomicBool::new(false));
@@ -83,7 +94,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         metrics.clone(),
     );
     let stop = stop_udp.clone();
-    let udp_thread = std::thread::Builder::new().name("udp-recv".into()).spawn(move || handler.run(stop))?;
+    let udp_thread = std::thread::Builder::new()
+        .name("udp-recv".into())
+        .spawn(move || handler.run(stop))?;
     let tick_control = TickControl::default();
     let ticker = Ticker {
         manager: manager.clone(),
@@ -92,7 +105,9 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         completed,
         control: tick_control.clone(),
     };
-    let tick_thread = std::thread::Builder::new().name("tick".into()).spawn(move || ticker.run())?;
+    let tick_thread = std::thread::Builder::new()
+        .name("tick".into())
+        .spawn(move || ticker.run())?;
 
     let listener = tokio::net::TcpListener::bind(settings.tcp_addr)
         .await
@@ -105,18 +120,29 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         bus,
         metrics: metrics.clone(),
     };
-    tasks.push(tokio::spawn(tcp::serve(listener, tcp_ctx, shutdown_rx.clone())));
+    tasks.push(tokio::spawn(tcp::serve(
+        listener,
+        tcp_ctx,
+        shutdown_rx.clone(),
+    )));
 
-    let control_state =
-        ControlState { manager: manager.clone(), secret: settings.control_secret.as_str().into(), metrics: metrics.clone() };
-    let (control_addr, control_task) =
-        telemetry::serve_http(settings.control_addr, control::router(control_state), stopped(shutdown_rx.clone()))
-            .await?;
+    let control_state = ControlState {
+        manager: manager.clone(),
+        secret: settings.control_secret.as_str().into(),
+        metrics: metrics.clone(),
+    };
+    let (control_addr, control_task) = telemetry::serve_http(
+        settings.control_addr,
+        control::router(control_state),
+        stopped(shutdown_rx.clone()),
+    )
+    .await?;
     tasks.push(control_task);
     let metrics_addr = match settings.metrics_addr {
         Some(addr) => {
             let router = telemetry::metrics_router(metrics.registry.clone());
-            let (bound, task) = telemetry::serve_http(addr, router, stopped(shutdown_rx.clone())).await?;
+            let (bound, task) =
+                telemetry::serve_http(addr, router, stopped(shutdown_rx.clone())).await?;
             tasks.push(task);
             Some(bound)
         }
@@ -162,7 +188,10 @@ pub struct DrainSummary {
 
 impl Running {
     fn sessions(&self) -> usize {
-        self.manager.lock().unwrap_or_else(|p| p.into_inner()).sessions()
+        self.manager
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions()
     }
 
     /// Stops taking sessions, lets running ones finish until the drain deadline, ends
@@ -174,7 +203,11 @@ impl Running {
             manager.drain();
             manager.sessions()
         };
-        tracing::info!(sessions = at_start, deadline_s = self.drain_timeout.as_secs(), "draining");
+        tracing::info!(
+            sessions = at_start,
+            deadline_s = self.drain_timeout.as_secs(),
+            "draining"
+        );
         let deadline = Instant::now() + self.drain_timeout;
         while self.sessions() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -187,15 +220,25 @@ impl Running {
         let _ = self.shutdown.send(true);
         for task in self.tasks.drain(..) {
             let abort = task.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(3), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(3), task)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
         if let Some(pump) = self.pump.take() {
             pump.finish(Duration::from_secs(10)).await;
         }
-        tracing::info!(finished_in_time = at_start - left, ended_at_deadline = left, "stopped");
-        DrainSummary { finished_in_time: at_start - left, ended_at_deadline: left }
+        tracing::info!(
+            finished_in_time = at_start - left,
+            ended_at_deadline = left,
+            "stopped"
+        );
+        DrainSummary {
+            finished_in_time: at_start - left,
+            ended_at_deadline: left,
+        }
     }
 }
 
@@ -206,7 +249,10 @@ async fn join_thread(thread: Option<std::thread::JoinHandle<()>>) {
 }
 
 /// Runs until `signal` (SIGTERM), then drains.
-pub async fn run(settings: Settings, signal: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    signal: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let running = start(settings).await?;
     signal.await;
     running.drain_and_stop().await;

@@ -16,7 +16,9 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use tanks_core::events::{self, EventPublisher};
-use tanks_core::protocol::control::{CreateSession, FinishedSession, LoadReport, MatchSession, SessionCreated};
+use tanks_core::protocol::control::{
+    CreateSession, FinishedSession, LoadReport, MatchSession, SessionCreated,
+};
 use tanks_core::protocol::game::{
     GameEvent, MSG_NO_TANKS, SessionEvent, TANK_MOVED, TankMove, TankMovedBatch, TankState,
 };
@@ -245,7 +247,8 @@ impl SessionManager {
     }
 
     fn has_room(&self) -> bool {
-        self.live < self.config.max_sessions && self.pool.available() >= self.config.players_per_session
+        self.live < self.config.max_sessions
+            && self.pool.available() >= self.config.players_per_session
     }
 
     /// Creates the session for a match, or returns the one that exists.
@@ -254,12 +257,23 @@ impl SessionManager {
         if match_id.is_empty() || match_id.len() > 128 {
             return Err(CreateError::BadMatchId);
         }
-        let existing = self.by_match.get(match_id).and_then(|&k| self.sessions[k].as_ref()).map(|s| s.id.clone());
+        let existing = self
+            .by_match
+            .get(match_id)
+            .and_then(|&k| self.sessions[k].as_ref())
+            .map(|s| s.id.clone());
         let existing = existing.or_else(|| {
-            self.finished.iter().find(|f| f.match_id == match_id).map(|f| f.session_id.clone())
+            self.finished
+                .iter()
+                .find(|f| f.match_id == match_id)
+                .map(|f| f.session_id.clone())
         });
         if let Some(session_id) = existing {
-            return Ok(SessionCreated { match_id: match_id.to_owned(), session_id, created: false });
+            return Ok(SessionCreated {
+                match_id: match_id.to_owned(),
+                session_id,
+                created: false,
+            });
         }
         if self.draining {
             return Err(CreateError::Draining);
@@ -267,17 +281,42 @@ impl SessionManager {
         if !self.has_room() {
             return Err(CreateError::Full);
         }
-        let mut expected: Vec<String> =
-            request.players.iter().filter(|p| !p.is_empty()).take(self.config.players_per_session).cloned().collect();
+        let mut expected: Vec<String> = request
+            .players
+            .iter()
+            .filter(|p| !p.is_empty())
+            .take(self.config.players_per_session)
+            .cloned()
+            .collect();
         expected.dedup();
-        let key = self.insert_session(Some(match_id.to_owned()), expected, Mode::parse(request.mode.as_deref()));
-        let session_id = self.sessions[key].as_ref().map(|s| s.id.clone()).unwrap_or_default();
-        Ok(SessionCreated { match_id: match_id.to_owned(), session_id, created: true })
+        let key = self.insert_session(
+            Some(match_id.to_owned()),
+            expected,
+            Mode::parse(request.mode.as_deref()),
+        );
+        let session_id = self.sessions[key]
+            .as_ref()
+            .map(|s| s.id.clone())
+            .unwrap_or_default();
+        Ok(SessionCreated {
+            match_id: match_id.to_owned(),
+            session_id,
+            created: true,
+        })
     }
 
-    fn insert_session(&mut self, match_id: Option<String>, expected: Vec<String>, mode: Mode) -> SessionKey {
+    fn insert_session(
+        &mut self,
+        match_id: Option<String>,
+        expected: Vec<String>,
+        mode: Mode,
+    ) -> SessionKey {
         let id = uuid::Uuid::new_v4().to_string();
-        let duration = if match_id.is_some() { self.config.match_ticks } else { self.config.open_ticks };
+        let duration = if match_id.is_some() {
+            self.config.match_ticks
+        } else {
+            self.config.open_ticks
+        };
         let session = Session {
             id: id.clone(),
             match_id: match_id.clone(),
@@ -328,7 +367,11 @@ impl SessionManager {
         if let Some(&key) = self.players.get(player_id) {
             let tick = self.tick;
             let session = self.sessions[key].as_mut().expect("indexed sessions exist");
-            let player = session.players.iter_mut().find(|p| p.id == player_id).expect("indexed players exist");
+            let player = session
+                .players
+                .iter_mut()
+                .find(|p| p.id == player_id)
+                .expect("indexed players exist");
             if bound || !player.bound {
                 // A token proves who it is: follow it to its new address (NAT rebinding).
                 player.addr = addr;
@@ -354,7 +397,8 @@ impl SessionManager {
             },
         };
         let session = self.sessions[key].as_ref().expect("indexed sessions exist");
-        if !session.expected.is_empty() && !session.expected.iter().any(|p| p == player_id) && bound {
+        if !session.expected.is_empty() && !session.expected.iter().any(|p| p == player_id) && bound
+        {
             // With tokens, a match is for its players only.
             return JoinOutcome::Failed(MSG_NOT_EXPECTED);
         }
@@ -375,7 +419,11 @@ impl SessionManager {
         };
         let tank = self.pool.get_mut(tank_idx);
         tank.team = team;
-        tank.spawn(spawn_point(team, slot, session.match_id.is_some(), rules), self.tick, rules);
+        tank.spawn(
+            spawn_point(team, slot, session.match_id.is_some(), rules),
+            self.tick,
+            rules,
+        );
         session.teams_seen |= 1 << team;
         session.empty_since = None;
         session.players.push(Player {
@@ -406,7 +454,10 @@ impl SessionManager {
             player_id: Cow::Borrowed(player_id),
             tank_id: Cow::Borrowed(&state.id),
         });
-        JoinOutcome::Joined { session_id, tank: state }
+        JoinOutcome::Joined {
+            session_id,
+            tank: state,
+        }
     }
 
     fn open_session_with_room(&mut self) -> Result<SessionKey, &'static str> {
@@ -415,7 +466,9 @@ impl SessionManager {
         }
         let per_session = self.config.players_per_session;
         let found = self.sessions.iter().enumerate().find_map(|(k, s)| {
-            s.as_ref().filter(|s| s.is_open() && s.players.len() < per_session).map(|_| k)
+            s.as_ref()
+                .filter(|s| s.is_open() && s.players.len() < per_session)
+                .map(|_| k)
         });
         if let Some(key) = found {
             return Ok(key);
@@ -436,21 +489,33 @@ impl SessionManager {
         Ok(())
     }
 
-    fn player_session(&mut self, player_id: &str, from: Option<SocketAddr>) -> Result<SessionKey, InputError> {
+    fn player_session(
+        &mut self,
+        player_id: &str,
+        from: Option<SocketAddr>,
+    ) -> Result<SessionKey, InputError> {
         let &key = self.players.get(player_id).ok_or(InputError::NotInGame)?;
         let tick = self.tick;
-        let player = self.player_mut(key, player_id).ok_or(InputError::NotInGame)?;
-        if let Some(from) = from {
-            if player.bound && player.addr != from {
-                return Err(InputError::WrongSource);
-            }
+        let player = self
+            .player_mut(key, player_id)
+            .ok_or(InputError::NotInGame)?;
+        if let Some(from) = from
+            && player.bound
+            && player.addr != from
+        {
+            return Err(InputError::WrongSource);
         }
         player.last_seen = tick;
         Ok(key)
     }
 
     fn player_mut(&mut self, key: SessionKey, player_id: &str) -> Option<&mut Player> {
-        self.sessions.get_mut(key)?.as_mut()?.players.iter_mut().find(|p| p.id == player_id)
+        self.sessions
+            .get_mut(key)?
+            .as_mut()?
+            .players
+            .iter_mut()
+            .find(|p| p.id == player_id)
     }
 
     /// Queues a move for the next tick; returns that tick's number. `from` is the
@@ -464,7 +529,9 @@ impl SessionManager {
     ) -> Result<u64, InputError> {
         let key = self.player_session(player_id, from)?;
         let next = self.tick + 1;
-        let player = self.player_mut(key, player_id).ok_or(InputError::NotInGame)?;
+        let player = self
+            .player_mut(key, player_id)
+            .ok_or(InputError::NotInGame)?;
         player.pending_move = Some(position);
         if seq.is_some() {
             player.pending_seq = seq;
@@ -483,7 +550,9 @@ impl SessionManager {
         let key = self.player_session(player_id, from)?;
         let next = self.tick + 1;
         let target = target.and_then(parse_tank_id);
-        let player = self.player_mut(key, player_id).ok_or(InputError::NotInGame)?;
+        let player = self
+            .player_mut(key, player_id)
+            .ok_or(InputError::NotInGame)?;
         player.pending_shot = true;
         player.pending_target = target;
         if seq.is_some() {
@@ -503,8 +572,12 @@ impl SessionManager {
     }
 
     fn remove_player(&mut self, key: SessionKey, player_id: &str, reason: &str) {
-        let Some(session) = self.sessions[key].as_mut() else { return };
-        let Some(i) = session.players.iter().position(|p| p.id == player_id) else { return };
+        let Some(session) = self.sessions[key].as_mut() else {
+            return;
+        };
+        let Some(i) = session.players.iter().position(|p| p.id == player_id) else {
+            return;
+        };
         let player = session.players.swap_remove(i);
         if session.players.is_empty() {
             session.empty_since = Some(self.tick);
@@ -535,7 +608,9 @@ impl SessionManager {
             self.config.coordinates_every > 0 && now.is_multiple_of(self.config.coordinates_every);
         let timestamp = events::timestamp_now();
         for key in 0..self.sessions.len() {
-            let Some(session) = self.sessions[key].as_mut() else { continue };
+            let Some(session) = self.sessions[key].as_mut() else {
+                continue;
+            };
             let rules = &self.config.rules;
             let pool = &mut self.pool;
             // Inputs, in join order.
@@ -556,7 +631,17 @@ impl SessionManager {
                 }
                 if std::mem::take(&mut player.pending_shot) {
                     let (shooter, wanted) = (player.tank, player.pending_target.take());
-                    if fire(session, i, shooter, wanted, pool, rules, now, timestamp, &self.events) {
+                    if fire(
+                        session,
+                        i,
+                        shooter,
+                        wanted,
+                        pool,
+                        rules,
+                        now,
+                        timestamp,
+                        &self.events,
+                    ) {
                         stats.shots += 1;
                     }
                 }
@@ -566,7 +651,11 @@ impl SessionManager {
                 let tank = pool.get_mut(player.tank);
                 if tank.regenerate(now, rules) {
                     let team = tank.team;
-                    tank.spawn(spawn_point(team, slot as u32, session.match_id.is_some(), rules), now, rules);
+                    tank.spawn(
+                        spawn_point(team, slot as u32, session.match_id.is_some(), rules),
+                        now,
+                        rules,
+                    );
                 }
             }
             if let Some((reason, winner)) = session_end(session, pool, now, &self.config) {
@@ -594,16 +683,28 @@ impl SessionManager {
     /// Ends every session now (shutdown after the drain deadline).
     pub fn end_all(&mut self, reason: &'static str, out: &mut Outbox) -> usize {
         out.clear();
-        let keys: Vec<SessionKey> =
-            self.sessions.iter().enumerate().filter_map(|(k, s)| s.as_ref().map(|_| k)).collect();
+        let keys: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .enumerate()
+            .filter_map(|(k, s)| s.as_ref().map(|_| k))
+            .collect();
         for &key in &keys {
             self.end_session(key, reason, None, out);
         }
         keys.len()
     }
 
-    fn end_session(&mut self, key: SessionKey, reason: &'static str, winner: Option<u8>, out: &mut Outbox) {
-        let Some(session) = self.sessions[key].as_ref() else { return };
+    fn end_session(
+        &mut self,
+        key: SessionKey,
+        reason: &'static str,
+        winner: Option<u8>,
+        out: &mut Outbox,
+    ) {
+        let Some(session) = self.sessions[key].as_ref() else {
+            return;
+        };
         if !session.players.is_empty() {
             out.begin();
             let _ = serde_json::to_writer(
@@ -681,7 +782,8 @@ impl SessionManager {
             | SessionEvent::PlayerJoinedSession { session_id, .. }
             | SessionEvent::PlayerLeftSession { session_id, .. } => session_id,
         };
-        self.events.publish(events::PLAYER_SESSIONS_HISTORY, session_id, event);
+        self.events
+            .publish(events::PLAYER_SESSIONS_HISTORY, session_id, event);
     }
 }
 
@@ -696,9 +798,15 @@ fn spawn_point(team: u8, slot: u32, teams: bool, rules: &Rules) -> [f64; 2] {
     let spread = |n: u32, k: u32| f64::from((n * k) % 97) / 97.0;
     if teams {
         let x = if team == 0 { 0.1 } else { 0.9 };
-        [rules.map_width * x, rules.map_height * (0.1 + 0.8 * spread(slot, 31))]
+        [
+            rules.map_width * x,
+            rules.map_height * (0.1 + 0.8 * spread(slot, 31)),
+        ]
     } else {
-        [rules.map_width * (0.1 + 0.8 * spread(slot, 37)), rules.map_height * (0.1 + 0.8 * spread(slot, 61))]
+        [
+            rules.map_width * (0.1 + 0.8 * spread(slot, 37)),
+            rules.map_height * (0.1 + 0.8 * spread(slot, 61)),
+        ]
     }
 }
 
@@ -723,14 +831,20 @@ fn fire(
     let me = pool.get(shooter);
     let is_target = |t: TankIdx| {
         let other = pool.get(t);
-        t != shooter && other.alive && other.team != me.team && me.distance_to(other) <= rules.shot_range
+        t != shooter
+            && other.alive
+            && other.team != me.team
+            && me.distance_to(other) <= rules.shot_range
     };
     let candidates = session.players.iter().map(|p| p.tank);
-    let target = wanted.filter(|w| session.players.iter().any(|p| p.tank == *w) && is_target(*w)).or_else(|| {
-        candidates
-            .filter(|&t| is_target(t))
-            .min_by(|&a, &b| me.distance_to(pool.get(a)).total_cmp(&me.distance_to(pool.get(b))))
-    });
+    let target = wanted
+        .filter(|w| session.players.iter().any(|p| p.tank == *w) && is_target(*w))
+        .or_else(|| {
+            candidates.filter(|&t| is_target(t)).min_by(|&a, &b| {
+                me.distance_to(pool.get(a))
+                    .total_cmp(&me.distance_to(pool.get(b)))
+            })
+        });
     let session_id = Cow::Borrowed(session.id.as_str());
     let shooter_id = me.id().to_owned();
     let shot = GameEvent::TankShot {
@@ -744,7 +858,9 @@ fn fire(
     events.publish(events::GAME_EVENTS, &session.id, &shot);
     let Some(target) = target else { return true };
     let respawn = session.mode == Mode::Respawn;
-    let Some((shooter_tank, target_tank)) = pool.pair_mut(shooter, target) else { return true };
+    let Some((shooter_tank, target_tank)) = pool.pair_mut(shooter, target) else {
+        return true;
+    };
     let damage = target_tank.take_damage(rules.damage, now, respawn, rules);
     events.publish(
         events::GAME_EVENTS,
@@ -819,7 +935,11 @@ fn session_end(
 fn write_snapshot(out: &mut Outbox, session: &Session, pool: &TankPool) {
     out.begin();
     let w = out.writer();
-    let _ = write!(w, r#"{{"action":"game_update","seq":{},"tanks":["#, session.seq);
+    let _ = write!(
+        w,
+        r#"{{"action":"game_update","seq":{},"tanks":["#,
+        session.seq
+    );
     for (i, player) in session.players.iter().enumerate() {
         let tank = pool.get(player.tank);
         let comma = if i == 0 { "" } else { "," };
@@ -845,14 +965,24 @@ fn write_snapshot(out: &mut Outbox, session: &Session, pool: &TankPool) {
     }
 }
 
-fn publish_moves(events: &EventPublisher, session: &mut Session, pool: &TankPool, tick: u64, timestamp: f64) {
+fn publish_moves(
+    events: &EventPublisher,
+    session: &mut Session,
+    pool: &TankPool,
+    tick: u64,
+    timestamp: f64,
+) {
     let moves: Vec<TankMove<'_>> = session
         .players
         .iter()
         .filter(|p| p.moved_unpublished)
         .map(|p| {
             let tank = pool.get(p.tank);
-            TankMove { tank_id: Cow::Borrowed(tank.id()), player_id: Cow::Borrowed(&p.id), position: tank.position }
+            TankMove {
+                tank_id: Cow::Borrowed(tank.id()),
+                player_id: Cow::Borrowed(&p.id),
+                position: tank.position,
+            }
         })
         .collect();
     if moves.is_empty() {

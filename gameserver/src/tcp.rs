@@ -66,7 +66,11 @@ pub async fn serve(listener: TcpListener, ctx: TcpContext, mut shutdown: watch::
     }
 }
 
-async fn connection(stream: TcpStream, ctx: &TcpContext, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn connection(
+    stream: TcpStream,
+    ctx: &TcpContext,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let _ = stream.set_nodelay(true);
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
@@ -111,13 +115,28 @@ pub async fn handle_line(bytes: &[u8], user: &mut Option<String>, ctx: &TcpConte
     };
     match parsed {
         Line::Login { username, password } => {
-            let request = Request::Login { username: username.to_owned(), password: password.to_owned() };
+            let request = Request::Login {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            };
             match ask_auth(&ctx.auth_addr, &request).await {
                 Ok(response) if response.is_success() => {
-                    let token = response.session_id.clone().or(response.token.clone()).unwrap_or_default();
-                    *user = Some(response.username.clone().unwrap_or_else(|| username.to_owned()));
+                    let token = response
+                        .session_id
+                        .clone()
+                        .or(response.token.clone())
+                        .unwrap_or_default();
+                    *user = Some(
+                        response
+                            .username
+                            .clone()
+                            .unwrap_or_else(|| username.to_owned()),
+                    );
                     ctx.metrics.command("login", "tcp", "success");
-                    format!("LOGIN_SUCCESS {} Token: {token}", one_line(&response.message))
+                    format!(
+                        "LOGIN_SUCCESS {} Token: {token}",
+                        one_line(&response.message)
+                    )
                 }
                 Ok(response) => {
                     ctx.metrics.command("login", "tcp", "failure");
@@ -131,25 +150,40 @@ pub async fn handle_line(bytes: &[u8], user: &mut Option<String>, ctx: &TcpConte
             }
         }
         Line::Register { username, password } => {
-            let request = Request::Register { username: username.to_owned(), password: password.to_owned() };
+            let request = Request::Register {
+                username: username.to_owned(),
+                password: password.to_owned(),
+            };
             match ask_auth(&ctx.auth_addr, &request).await {
-                Ok(response) if response.is_success() => format!("REGISTER_SUCCESS {}", one_line(&response.message)),
+                Ok(response) if response.is_success() => {
+                    format!("REGISTER_SUCCESS {}", one_line(&response.message))
+                }
                 Ok(response) => format!("REGISTER_FAILURE {}", one_line(&response.message)),
                 Err(_) => "REGISTER_FAILURE Authentication service unavailable".to_owned(),
             }
         }
         Line::Move { x, y } => {
-            let Some(player) = user.as_deref() else { return TCP_UNAUTHORIZED.to_owned() };
-            command(ctx, "move", || PlayerCommand::moved(player, [x, y], None), |m| {
-                m.queue_move(player, None, [x, y], None).map(|_| ())
-            });
+            let Some(player) = user.as_deref() else {
+                return TCP_UNAUTHORIZED.to_owned();
+            };
+            command(
+                ctx,
+                "move",
+                || PlayerCommand::moved(player, [x, y], None),
+                |m| m.queue_move(player, None, [x, y], None).map(|_| ()),
+            );
             "COMMAND_RECEIVED MOVE".to_owned()
         }
         Line::Shoot => {
-            let Some(player) = user.as_deref() else { return TCP_UNAUTHORIZED.to_owned() };
-            command(ctx, "shoot", || PlayerCommand::shot(player, None, None), |m| {
-                m.queue_shot(player, None, None, None).map(|_| ())
-            });
+            let Some(player) = user.as_deref() else {
+                return TCP_UNAUTHORIZED.to_owned();
+            };
+            command(
+                ctx,
+                "shoot",
+                || PlayerCommand::shot(player, None, None),
+                |m| m.queue_shot(player, None, None, None).map(|_| ()),
+            );
             "COMMAND_RECEIVED SHOOT".to_owned()
         }
     }
@@ -166,11 +200,19 @@ fn command(
 ) {
     let result = match (ctx.path, &ctx.bus) {
         (CommandPath::Broker, Some(bus)) => {
-            if bus.try_send(serde_json::to_vec(&body()).unwrap_or_default()) { "published" } else { "dropped" }
+            if bus.try_send(serde_json::to_vec(&body()).unwrap_or_default()) {
+                "published"
+            } else {
+                "dropped"
+            }
         }
         _ => {
             let mut manager = ctx.manager.lock().unwrap_or_else(|p| p.into_inner());
-            if direct(&mut manager).is_ok() { "ok" } else { "not_in_game" }
+            if direct(&mut manager).is_ok() {
+                "ok"
+            } else {
+                "not_in_game"
+            }
         }
     };
     ctx.metrics.command(kind, "tcp", result);
@@ -195,5 +237,7 @@ pub async fn ask_auth(addr: &str, request: &Request) -> anyhow::Result<Response>
     };
     tokio::time::timeout(AUTH_TIMEOUT, exchange)
         .await
-        .map_err(|_| anyhow::anyhow!("the auth server at {addr} did not answer within {AUTH_TIMEOUT:?}"))?
+        .map_err(|_| {
+            anyhow::anyhow!("the auth server at {addr} did not answer within {AUTH_TIMEOUT:?}")
+        })?
 }

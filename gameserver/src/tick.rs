@@ -59,7 +59,9 @@ impl Ticker {
                 self.metrics.tanks_in_use.set(manager.tanks_in_use() as i64);
                 (manager.tick(), started)
             };
-            self.metrics.tick_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .tick_seconds
+                .observe(started.elapsed().as_secs_f64());
             self.send(&outbox);
             self.completed.send_replace(tick);
             let now = Instant::now();
@@ -83,7 +85,9 @@ impl Ticker {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, crate::sessions::SessionManager> {
-        self.manager.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.manager
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn send(&self, outbox: &Outbox) {
@@ -99,6 +103,8 @@ impl Ticker {
             }
         }
         self.metrics.datagrams_out.inc_by(sent);
-        self.metrics.send_seconds.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .send_seconds
+            .observe(started.elapsed().as_secs_f64());
     }
 }

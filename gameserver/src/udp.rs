@@ -41,7 +41,9 @@ pub fn bind(addr: SocketAddr, buffer: usize) -> anyhow::Result<UdpSocket> {
     // Best effort: the kernel caps these at net.core.{r,w}mem_max.
     let _ = socket.set_recv_buffer_size(buffer);
     let _ = socket.set_send_buffer_size(buffer);
-    socket.bind(&addr.into()).map_err(|e| anyhow::anyhow!("binding UDP {addr}: {e}"))?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| anyhow::anyhow!("binding UDP {addr}: {e}"))?;
     let socket: UdpSocket = socket.into();
     socket.set_read_timeout(Some(Duration::from_millis(100)))?;
     Ok(socket)
@@ -107,7 +109,11 @@ impl UdpHandler {
         while !stop.load(Ordering::Relaxed) {
             match self.socket.recv_from(&mut buf) {
                 Ok((n, from)) => self.handle(&buf[..n], from, Instant::now()),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(e) => {
                     // ICMP errors from earlier sends surface here; they are not ours to fix.
                     tracing::debug!(error = %e, "UDP receive error");
@@ -133,21 +139,38 @@ impl UdpHandler {
             }
         };
         match datagram {
-            Datagram::Join { player_id, token, session_id } => {
-                self.join(&player_id, token.as_deref(), session_id.as_deref(), from)
-            }
-            Datagram::Move { player_id, position, seq } => match self.path {
+            Datagram::Join {
+                player_id,
+                token,
+                session_id,
+            } => self.join(&player_id, token.as_deref(), session_id.as_deref(), from),
+            Datagram::Move {
+                player_id,
+                position,
+                seq,
+            } => match self.path {
                 CommandPath::Direct => {
-                    let result = self.lock().queue_move(&player_id, Some(from), position, seq);
+                    let result = self
+                        .lock()
+                        .queue_move(&player_id, Some(from), position, seq);
                     self.input_result(result.map(|_| ()), &self.hot.moves.clone(), from);
                 }
-                CommandPath::Broker => {
-                    self.publish(&player_id, from, || PlayerCommand::moved(&player_id, position, seq), true)
-                }
+                CommandPath::Broker => self.publish(
+                    &player_id,
+                    from,
+                    || PlayerCommand::moved(&player_id, position, seq),
+                    true,
+                ),
             },
-            Datagram::Shoot { player_id, target, seq } => match self.path {
+            Datagram::Shoot {
+                player_id,
+                target,
+                seq,
+            } => match self.path {
                 CommandPath::Direct => {
-                    let result = self.lock().queue_shot(&player_id, Some(from), target.as_deref(), seq);
+                    let result =
+                        self.lock()
+                            .queue_shot(&player_id, Some(from), target.as_deref(), seq);
                     self.input_result(result.map(|_| ()), &self.hot.shots.clone(), from);
                 }
                 CommandPath::Broker => self.publish(
@@ -177,7 +200,9 @@ impl UdpHandler {
     fn lock(&self) -> std::sync::MutexGuard<'_, SessionManager> {
         // A panic elsewhere while holding the lock must not stop play: the state is
         // still consistent between operations.
-        self.manager.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.manager
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn input_result(&mut self, result: Result<(), InputError>, ok: &IntCounter, from: SocketAddr) {
@@ -194,7 +219,13 @@ impl UdpHandler {
 
     /// The broker path: check the sender here (the consumer cannot see addresses),
     /// then hand the command to the bus without waiting.
-    fn publish(&mut self, player_id: &str, from: SocketAddr, command: impl FnOnce() -> PlayerCommand, is_move: bool) {
+    fn publish(
+        &mut self,
+        player_id: &str,
+        from: SocketAddr,
+        command: impl FnOnce() -> PlayerCommand,
+        is_move: bool,
+    ) {
         let kind = if is_move { "move" } else { "shoot" };
         let checked = self.lock().touch(player_id, Some(from));
         if let Err(e) = checked {
@@ -213,7 +244,13 @@ impl UdpHandler {
         }
     }
 
-    fn join(&mut self, player_id: &str, token: Option<&str>, session_id: Option<&str>, from: SocketAddr) {
+    fn join(
+        &mut self,
+        player_id: &str,
+        token: Option<&str>,
+        session_id: Option<&str>,
+        from: SocketAddr,
+    ) {
         let bound = match token {
             Some(token) => match self.signer.verify(token) {
                 Ok(claims) if claims.sub == player_id => true,
@@ -234,9 +271,15 @@ impl UdpHandler {
                     tick_rate: self.lock().config().rules.tick_rate,
                 }
             }
-            JoinOutcome::AlreadyInSession { session_id, tank_id } => {
+            JoinOutcome::AlreadyInSession {
+                session_id,
+                tank_id,
+            } => {
                 self.metrics.command("join", "udp", "already_in_session");
-                Reply::AlreadyInSession { session_id, tank_id }
+                Reply::AlreadyInSession {
+                    session_id,
+                    tank_id,
+                }
             }
             JoinOutcome::Failed(reason) => return self.join_failed(reason, from),
         };

@@ -56,10 +56,24 @@ pub const MSG_MISSING_POSITION: &str = "Missing or invalid position";
 /// One parsed client datagram; strings borrow from the datagram when they can.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Datagram<'a> {
-    Join { player_id: Cow<'a, str>, token: Option<Cow<'a, str>>, session_id: Option<Cow<'a, str>> },
-    Move { player_id: Cow<'a, str>, position: [f64; 2], seq: Option<u64> },
-    Shoot { player_id: Cow<'a, str>, target: Option<Cow<'a, str>>, seq: Option<u64> },
-    Leave { player_id: Cow<'a, str> },
+    Join {
+        player_id: Cow<'a, str>,
+        token: Option<Cow<'a, str>>,
+        session_id: Option<Cow<'a, str>>,
+    },
+    Move {
+        player_id: Cow<'a, str>,
+        position: [f64; 2],
+        seq: Option<u64>,
+    },
+    Shoot {
+        player_id: Cow<'a, str>,
+        target: Option<Cow<'a, str>>,
+        seq: Option<u64>,
+    },
+    Leave {
+        player_id: Cow<'a, str>,
+    },
 }
 
 impl Datagram<'_> {
@@ -189,7 +203,10 @@ pub fn parse_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DatagramError> {
         _ => DatagramError::InvalidJson,
     })?;
     let action = raw.action.ok_or(DatagramError::UnknownAction)?;
-    if !matches!(action.as_ref(), "join_game" | "move" | "shoot" | "leave_game") {
+    if !matches!(
+        action.as_ref(),
+        "join_game" | "move" | "shoot" | "leave_game"
+    ) {
         return Err(DatagramError::UnknownAction);
     }
     let player_id = raw
@@ -197,15 +214,27 @@ pub fn parse_datagram(bytes: &[u8]) -> Result<Datagram<'_>, DatagramError> {
         .filter(|p| !p.is_empty() && p.len() <= MAX_PLAYER_ID)
         .ok_or(DatagramError::MissingPlayerId)?;
     Ok(match action.as_ref() {
-        "join_game" => Datagram::Join { player_id, token: raw.token, session_id: raw.session_id },
+        "join_game" => Datagram::Join {
+            player_id,
+            token: raw.token,
+            session_id: raw.session_id,
+        },
         "move" => {
             let position = raw
                 .position
                 .filter(|p| p.iter().all(|v| v.is_finite()))
                 .ok_or(DatagramError::MissingPosition)?;
-            Datagram::Move { player_id, position, seq: raw.seq }
+            Datagram::Move {
+                player_id,
+                position,
+                seq: raw.seq,
+            }
         }
-        "shoot" => Datagram::Shoot { player_id, target: raw.target, seq: raw.seq },
+        "shoot" => Datagram::Shoot {
+            player_id,
+            target: raw.target,
+            seq: raw.seq,
+        },
         _ => Datagram::Leave { player_id },
     })
 }
@@ -291,8 +320,12 @@ pub enum ServerMessage {
 pub fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
     let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
     match value.get("action").and_then(|a| a.as_str()) {
-        Some("game_update") => serde_json::from_value(value).ok().map(ServerMessage::Update),
-        Some("game_over") => serde_json::from_value(value).ok().map(ServerMessage::GameOver),
+        Some("game_update") => serde_json::from_value(value)
+            .ok()
+            .map(ServerMessage::Update),
+        Some("game_over") => serde_json::from_value(value)
+            .ok()
+            .map(ServerMessage::GameOver),
         _ => serde_json::from_value(value).ok().map(ServerMessage::Reply),
     }
 }
@@ -303,9 +336,18 @@ pub fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
 /// One TCP command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Line<'a> {
-    Login { username: &'a str, password: &'a str },
-    Register { username: &'a str, password: &'a str },
-    Move { x: f64, y: f64 },
+    Login {
+        username: &'a str,
+        password: &'a str,
+    },
+    Register {
+        username: &'a str,
+        password: &'a str,
+    },
+    Move {
+        x: f64,
+        y: f64,
+    },
     Shoot,
 }
 
@@ -329,7 +371,9 @@ impl LineError {
             LineError::Unknown | LineError::InvalidUtf8 => "UNKNOWN_COMMAND",
             LineError::MissingCoordinates => "MOVE_ERROR Missing coordinates",
             LineError::InvalidCoordinates => "MOVE_ERROR Invalid coordinates",
-            LineError::MissingCredentials("REGISTER") => "REGISTER_FAILURE Usage: REGISTER <username> <password>",
+            LineError::MissingCredentials("REGISTER") => {
+                "REGISTER_FAILURE Usage: REGISTER <username> <password>"
+            }
             LineError::MissingCredentials(_) => "LOGIN_FAILURE Usage: LOGIN <username> <password>",
             LineError::TooLong => "UNKNOWN_COMMAND Line too long",
         }
@@ -404,8 +448,14 @@ pub struct PlayerCommand {
 /// A command the game can apply.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandAction {
-    Move { position: [f64; 2], seq: Option<u64> },
-    Shoot { target: Option<String>, seq: Option<u64> },
+    Move {
+        position: [f64; 2],
+        seq: Option<u64>,
+    },
+    Shoot {
+        target: Option<String>,
+        seq: Option<u64>,
+    },
 }
 
 impl PlayerCommand {
@@ -414,7 +464,11 @@ impl PlayerCommand {
         if let Some(seq) = seq {
             details["seq"] = seq.into();
         }
-        Self { player_id: player_id.to_owned(), command: "move".into(), details }
+        Self {
+            player_id: player_id.to_owned(),
+            command: "move".into(),
+            details,
+        }
     }
 
     pub fn shot(player_id: &str, target: Option<&str>, seq: Option<u64>) -> Self {
@@ -425,7 +479,11 @@ impl PlayerCommand {
         if let Some(seq) = seq {
             details["seq"] = seq.into();
         }
-        Self { player_id: player_id.to_owned(), command: "shoot".into(), details }
+        Self {
+            player_id: player_id.to_owned(),
+            command: "shoot".into(),
+            details,
+        }
     }
 
     /// What to do, or why it cannot be done (the dead-letter reason).
@@ -434,7 +492,10 @@ impl PlayerCommand {
         match self.command.as_str() {
             "move" => {
                 // The seed wrote `new_position`; accept `position` too.
-                let pos = self.details.get("new_position").or_else(|| self.details.get("position"));
+                let pos = self
+                    .details
+                    .get("new_position")
+                    .or_else(|| self.details.get("position"));
                 let position: [f64; 2] = pos
                     .and_then(|p| serde_json::from_value(p.clone()).ok())
                     .filter(|p: &[f64; 2]| p.iter().all(|v| v.is_finite()))
@@ -442,7 +503,11 @@ impl PlayerCommand {
                 Ok(CommandAction::Move { position, seq })
             }
             "shoot" => {
-                let target = self.details.get("target").and_then(|t| t.as_str()).map(str::to_owned);
+                let target = self
+                    .details
+                    .get("target")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_owned);
                 Ok(CommandAction::Shoot { target, seq })
             }
             other => Err(format!("unknown command {other:?}")),
@@ -567,19 +632,55 @@ mod tests {
     #[test]
     fn seed_datagrams_parse() {
         let d = parse_datagram(br#"{"action": "join_game", "player_id": "p1"}"#).unwrap();
-        assert_eq!(d, Datagram::Join { player_id: "p1".into(), token: None, session_id: None });
-        let d = parse_datagram(br#"{"action":"move","player_id":"p1","position":[10, 20.5]}"#).unwrap();
-        assert_eq!(d, Datagram::Move { player_id: "p1".into(), position: [10.0, 20.5], seq: None });
+        assert_eq!(
+            d,
+            Datagram::Join {
+                player_id: "p1".into(),
+                token: None,
+                session_id: None
+            }
+        );
+        let d =
+            parse_datagram(br#"{"action":"move","player_id":"p1","position":[10, 20.5]}"#).unwrap();
+        assert_eq!(
+            d,
+            Datagram::Move {
+                player_id: "p1".into(),
+                position: [10.0, 20.5],
+                seq: None
+            }
+        );
         let d = parse_datagram(br#"{"action":"shoot","player_id":7}"#).unwrap();
-        assert_eq!(d, Datagram::Shoot { player_id: "7".into(), target: None, seq: None });
-        let d = parse_datagram(br#"{"action":"leave_game","player_id":"p1","extra":{"a":[1]}}"#).unwrap();
-        assert_eq!(d, Datagram::Leave { player_id: "p1".into() });
+        assert_eq!(
+            d,
+            Datagram::Shoot {
+                player_id: "7".into(),
+                target: None,
+                seq: None
+            }
+        );
+        let d = parse_datagram(br#"{"action":"leave_game","player_id":"p1","extra":{"a":[1]}}"#)
+            .unwrap();
+        assert_eq!(
+            d,
+            Datagram::Leave {
+                player_id: "p1".into()
+            }
+        );
     }
 
     #[test]
     fn well_formed_datagrams_borrow() {
-        let d = parse_datagram(br#"{"action":"move","player_id":"p1","position":[1,2],"seq":9}"#).unwrap();
-        assert!(matches!(d, Datagram::Move { player_id: Cow::Borrowed("p1"), seq: Some(9), .. }));
+        let d = parse_datagram(br#"{"action":"move","player_id":"p1","position":[1,2],"seq":9}"#)
+            .unwrap();
+        assert!(matches!(
+            d,
+            Datagram::Move {
+                player_id: Cow::Borrowed("p1"),
+                seq: Some(9),
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -597,33 +698,77 @@ mod tests {
             (br#"{"action":"dance","player_id":"p"}"#, MSG_UNKNOWN_ACTION),
             (br#"{"action":5}"#, MSG_BAD_FIELDS),
             (br#"{"action":"move"}"#, MSG_MISSING_PLAYER_ID),
-            (br#"{"action":"move","player_id":""}"#, MSG_MISSING_PLAYER_ID),
-            (br#"{"action":"move","player_id":"p"}"#, MSG_MISSING_POSITION),
-            (br#"{"action":"move","player_id":"p","position":[1]}"#, MSG_BAD_FIELDS),
-            (br#"{"action":"move","player_id":"p","position":"x"}"#, MSG_BAD_FIELDS),
-            (br#"{"action":"move","player_id":"p","position":[1e999,1]}"#, MSG_BAD_JSON),
+            (
+                br#"{"action":"move","player_id":""}"#,
+                MSG_MISSING_PLAYER_ID,
+            ),
+            (
+                br#"{"action":"move","player_id":"p"}"#,
+                MSG_MISSING_POSITION,
+            ),
+            (
+                br#"{"action":"move","player_id":"p","position":[1]}"#,
+                MSG_BAD_FIELDS,
+            ),
+            (
+                br#"{"action":"move","player_id":"p","position":"x"}"#,
+                MSG_BAD_FIELDS,
+            ),
+            (
+                br#"{"action":"move","player_id":"p","position":[1e999,1]}"#,
+                MSG_BAD_JSON,
+            ),
             (br#"{"action":"move","player_id":{"a":1}}"#, MSG_BAD_FIELDS),
             (&big, MSG_TOO_LARGE),
         ];
         for (bytes, message) in cases {
             let err = parse_datagram(bytes).unwrap_err();
-            assert_eq!(err.message(), *message, "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(
+                err.message(),
+                *message,
+                "{:?}",
+                String::from_utf8_lossy(bytes)
+            );
         }
-        let long_id = format!(r#"{{"action":"move","player_id":"{}"}}"#, "x".repeat(MAX_PLAYER_ID + 1));
-        assert_eq!(parse_datagram(long_id.as_bytes()), Err(DatagramError::MissingPlayerId));
+        let long_id = format!(
+            r#"{{"action":"move","player_id":"{}"}}"#,
+            "x".repeat(MAX_PLAYER_ID + 1)
+        );
+        assert_eq!(
+            parse_datagram(long_id.as_bytes()),
+            Err(DatagramError::MissingPlayerId)
+        );
     }
 
     #[test]
     fn replies_have_the_seed_shapes() {
-        let json = serde_json::to_value(Reply::LeftGame { message: MSG_LEFT.into() }).unwrap();
-        assert_eq!(json, serde_json::json!({"status":"left_game","message":"You have left the game."}));
-        let json = serde_json::to_value(Reply::JoinFailed { reason: MSG_NO_TANKS.into() }).unwrap();
-        assert_eq!(json, serde_json::json!({"status":"join_failed","reason":"No tanks available"}));
+        let json = serde_json::to_value(Reply::LeftGame {
+            message: MSG_LEFT.into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"status":"left_game","message":"You have left the game."})
+        );
+        let json = serde_json::to_value(Reply::JoinFailed {
+            reason: MSG_NO_TANKS.into(),
+        })
+        .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"status":"join_failed","reason":"No tanks available"})
+        );
     }
 
     #[test]
     fn tcp_lines_parse_with_the_seed_replies() {
-        assert_eq!(parse_line(b"LOGIN alice pw\n"), Ok(Line::Login { username: "alice", password: "pw" }));
+        assert_eq!(
+            parse_line(b"LOGIN alice pw\n"),
+            Ok(Line::Login {
+                username: "alice",
+                password: "pw"
+            })
+        );
         assert_eq!(parse_line(b"move 1 2.5"), Ok(Line::Move { x: 1.0, y: 2.5 }));
         assert_eq!(parse_line(b"SHOOT"), Ok(Line::Shoot));
         let cases: &[(&[u8], &str)] = &[
@@ -637,17 +782,37 @@ mod tests {
             (b"\xff", "UNKNOWN_COMMAND"),
         ];
         for (line, reply) in cases {
-            assert_eq!(parse_line(line).unwrap_err().reply(), *reply, "{:?}", String::from_utf8_lossy(line));
+            assert_eq!(
+                parse_line(line).unwrap_err().reply(),
+                *reply,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 
     #[test]
     fn broker_bodies_parse() {
-        let seed: PlayerCommand =
-            serde_json::from_str(r#"{"player_id":"p","command":"move","details":{"new_position":[3,4]}}"#).unwrap();
-        assert_eq!(seed.action(), Ok(CommandAction::Move { position: [3.0, 4.0], seq: None }));
-        assert_eq!(PlayerCommand::moved("p", [1.0, 2.0], Some(3)).action(), Ok(CommandAction::Move { position: [1.0, 2.0], seq: Some(3) }));
-        let bad: PlayerCommand = serde_json::from_str(r#"{"player_id":"p","command":"fly"}"#).unwrap();
+        let seed: PlayerCommand = serde_json::from_str(
+            r#"{"player_id":"p","command":"move","details":{"new_position":[3,4]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            seed.action(),
+            Ok(CommandAction::Move {
+                position: [3.0, 4.0],
+                seq: None
+            })
+        );
+        assert_eq!(
+            PlayerCommand::moved("p", [1.0, 2.0], Some(3)).action(),
+            Ok(CommandAction::Move {
+                position: [1.0, 2.0],
+                seq: Some(3)
+            })
+        );
+        let bad: PlayerCommand =
+            serde_json::from_str(r#"{"player_id":"p","command":"fly"}"#).unwrap();
         assert!(bad.action().is_err());
         let event: MatchmakingEvent = serde_json::from_str(
             r#"{"event_type":"new_match_created","match_details":{"match_id":"m1","players":["a","b"]}}"#,

@@ -20,7 +20,10 @@ use serde_json::json;
 use tokio::net::UdpSocket;
 
 #[derive(Parser)]
-#[command(name = "gameload", about = "Load bots for the game server, and an ideal echo server to compare with")]
+#[command(
+    name = "gameload",
+    about = "Load bots for the game server, and an ideal echo server to compare with"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -78,7 +81,10 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     match cli.command {
         Cmd::Echo { addr, seconds } => echo(addr, Duration::from_secs(seconds)),
         Cmd::Run(args) => runtime.block_on(run(args)),
@@ -93,8 +99,12 @@ fn echo(addr: SocketAddr, seconds: Duration) -> anyhow::Result<()> {
     let mut out = Vec::with_capacity(2048);
     eprintln!("echo server on {addr} for {seconds:?}");
     while Instant::now() < until {
-        let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
-        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&buf[..n]) else { continue };
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&buf[..n]) else {
+            continue;
+        };
         out.clear();
         match msg["action"].as_str() {
             Some("join_game") => {
@@ -105,10 +115,16 @@ fn echo(addr: SocketAddr, seconds: Duration) -> anyhow::Result<()> {
             Some("move") => {
                 use std::io::Write;
                 let seq = msg["seq"].as_u64().unwrap_or(0);
-                let _ = write!(out, r#"{{"action":"game_update","seq":{seq},"tanks":[{{"id":"tank_0","position":[100,100],"health":100,"ack":{seq}}}"#);
+                let _ = write!(
+                    out,
+                    r#"{{"action":"game_update","seq":{seq},"tanks":[{{"id":"tank_0","position":[100,100],"health":100,"ack":{seq}}}"#
+                );
                 // Filler to the size of a 14-tank snapshot.
                 for i in 1..14 {
-                    let _ = write!(out, r#",{{"id":"tank_{i}","position":[523.71,181.44],"health":100,"ack":{seq}}}"#);
+                    let _ = write!(
+                        out,
+                        r#",{{"id":"tank_{i}","position":[523.71,181.44],"health":100,"ack":{seq}}}"#
+                    );
                 }
                 out.extend_from_slice(b"]}");
             }
@@ -139,7 +155,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             let status = post(control, &args.secret, "/v1/sessions", &body.to_string()).await?;
             anyhow::ensure!(status == 200, "creating match {m}: HTTP {status}");
         }
-        eprintln!("created {} matches of {per_session}", players.div_ceil(per_session));
+        eprintln!(
+            "created {} matches of {per_session}",
+            players.div_ceil(per_session)
+        );
     }
     let totals = Arc::new(Totals::default());
     let measuring = Arc::new(AtomicBool::new(false));
@@ -147,18 +166,33 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let two_ticks = Duration::from_secs_f64(2.0 / f64::from(args.tick_rate));
     let mut bots = Vec::with_capacity(players);
     for (i, id) in ids.into_iter().enumerate() {
-        let bot = Bot { id, server: args.server, rate: args.rate, two_ticks, index: i };
-        bots.push(tokio::spawn(bot.play(totals.clone(), measuring.clone(), stop.clone())));
+        let bot = Bot {
+            id,
+            server: args.server,
+            rate: args.rate,
+            two_ticks,
+            index: i,
+        };
+        bots.push(tokio::spawn(bot.play(
+            totals.clone(),
+            measuring.clone(),
+            stop.clone(),
+        )));
         if i % 200 == 199 {
             tokio::time::sleep(Duration::from_millis(20)).await; // spread the joins
         }
     }
     let join_deadline = Instant::now() + Duration::from_secs(10);
-    while (totals.joined.load(Ordering::Relaxed) as usize) < players && Instant::now() < join_deadline {
+    while (totals.joined.load(Ordering::Relaxed) as usize) < players
+        && Instant::now() < join_deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let joined = totals.joined.load(Ordering::Relaxed);
-    eprintln!("{joined}/{players} bots joined; warming up {} s", args.warmup);
+    eprintln!(
+        "{joined}/{players} bots joined; warming up {} s",
+        args.warmup
+    );
     tokio::time::sleep(Duration::from_secs(args.warmup)).await;
 
     let server_cpu0 = args.server_pid.and_then(process_cpu);
@@ -171,7 +205,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(m) => event_counts(m).await.ok(),
         None => None,
     };
-    for t in [&totals.sent, &totals.acked, &totals.within_two_ticks, &totals.updates] {
+    for t in [
+        &totals.sent,
+        &totals.acked,
+        &totals.within_two_ticks,
+        &totals.updates,
+    ] {
         t.store(0, Ordering::Relaxed);
     }
     measuring.store(true, Ordering::SeqCst);
@@ -179,10 +218,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     measuring.store(false, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
-    let server_cpu = args.server_pid.and_then(process_cpu).zip(server_cpu0).map(|(b, a)| b - a);
-    let self_cpu = process_cpu(std::process::id()).zip(self_cpu0).map(|(b, a)| b - a);
+    let server_cpu = args
+        .server_pid
+        .and_then(process_cpu)
+        .zip(server_cpu0)
+        .map(|(b, a)| b - a);
+    let self_cpu = process_cpu(std::process::id())
+        .zip(self_cpu0)
+        .map(|(b, a)| b - a);
     let ticks = match (args.metrics, ticks0) {
-        (Some(m), Some(before)) => tick_histogram(m).await.ok().map(|after| after.minus(&before)),
+        (Some(m), Some(before)) => tick_histogram(m)
+            .await
+            .ok()
+            .map(|after| after.minus(&before)),
         _ => None,
     };
     let events = match (args.metrics, events0) {
@@ -236,7 +284,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
-    if b == 0 { 0.0 } else { round3(a as f64 / b as f64).min(1.0) }
+    if b == 0 {
+        0.0
+    } else {
+        round3(a as f64 / b as f64).min(1.0)
+    }
 }
 
 fn round3(v: f64) -> f64 {
@@ -255,9 +307,16 @@ struct Bot {
 const RING: usize = 128;
 
 impl Bot {
-    async fn play(self, totals: Arc<Totals>, measuring: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Vec<u32> {
+    async fn play(
+        self,
+        totals: Arc<Totals>,
+        measuring: Arc<AtomicBool>,
+        stop: Arc<AtomicBool>,
+    ) -> Vec<u32> {
         let mut samples = Vec::new();
-        let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else { return samples };
+        let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else {
+            return samples;
+        };
         let mut buf = vec![0u8; 8192];
         // Join (three tries).
         let join = json!({"action":"join_game","player_id":self.id}).to_string();
@@ -266,19 +325,24 @@ impl Bot {
             let _ = socket.send_to(join.as_bytes(), self.server).await;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
             while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf[..n]) {
-                    if let (Some(id), Some(p)) = (v["tank_id"].as_str(), v["initial_state"]["position"].as_array()) {
-                        let xy = |i: usize| p.get(i).and_then(|x| x.as_f64()).unwrap_or(100.0);
-                        tank = Some((id.to_owned(), xy(0), xy(1)));
-                        break;
-                    }
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf[..n])
+                    && let (Some(id), Some(p)) = (
+                        v["tank_id"].as_str(),
+                        v["initial_state"]["position"].as_array(),
+                    )
+                {
+                    let xy = |i: usize| p.get(i).and_then(|x| x.as_f64()).unwrap_or(100.0);
+                    tank = Some((id.to_owned(), xy(0), xy(1)));
+                    break;
                 }
             }
             if tank.is_some() {
                 break;
             }
         }
-        let Some((tank_id, mut x, y)) = tank else { return samples };
+        let Some((tank_id, mut x, y)) = tank else {
+            return samples;
+        };
         totals.joined.fetch_add(1, Ordering::Relaxed);
         let needle = format!(r#"{{"id":"{tank_id}","#);
         let period = Duration::from_secs_f64(1.0 / self.rate);
@@ -311,14 +375,13 @@ impl Bot {
                     // Every input up to `ack` is now reflected (later ones in a tick supersede earlier ones).
                     let first = last_ack.max(ack.saturating_sub(RING as u64 - 1)) + 1;
                     for s in first..=ack.min(seq) {
-                        if let Some((at, measured)) = sent_at[s as usize % RING].take() {
-                            if measured {
+                        if let Some((at, measured)) = sent_at[s as usize % RING].take()
+                            && measured {
                                 let latency = now.duration_since(at);
                                 totals.acked.fetch_add(1, Ordering::Relaxed);
                                 if latency <= self.two_ticks { totals.within_two_ticks.fetch_add(1, Ordering::Relaxed); }
                                 samples.push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
                             }
-                        }
                     }
                     last_ack = last_ack.max(ack);
                 }
@@ -340,7 +403,8 @@ fn find_ack(snapshot: &[u8], needle: &[u8]) -> Option<u64> {
     let end = entry.iter().position(|&b| b == b'}')?;
     let entry = &entry[..end];
     let key = b"\"ack\":";
-    let at = (0..entry.len().saturating_sub(key.len())).find(|&i| entry[i..].starts_with(key))? + key.len();
+    let at = (0..entry.len().saturating_sub(key.len())).find(|&i| entry[i..].starts_with(key))?
+        + key.len();
     let digits: &[u8] = &entry[at..];
     let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
@@ -370,13 +434,20 @@ impl Buckets {
             .zip(&before.bounds)
             .map(|((le, a), (_, b))| (*le, a.saturating_sub(*b)))
             .collect();
-        Buckets { bounds, count: self.count.saturating_sub(before.count) }
+        Buckets {
+            bounds,
+            count: self.count.saturating_sub(before.count),
+        }
     }
 
     /// The upper bound of the bucket holding the quantile (a conservative estimate).
     fn quantile(&self, q: f64) -> f64 {
         let rank = (self.count as f64 * q).ceil() as u64;
-        self.bounds.iter().find(|(_, c)| *c >= rank).map(|(le, _)| *le).unwrap_or(f64::INFINITY)
+        self.bounds
+            .iter()
+            .find(|(_, c)| *c >= rank)
+            .map(|(le, _)| *le)
+            .unwrap_or(f64::INFINITY)
     }
 }
 
@@ -387,7 +458,11 @@ async fn tick_histogram(metrics: SocketAddr) -> anyhow::Result<Buckets> {
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("gameserver_tick_duration_seconds_bucket{le=\"") {
             let (le, value) = rest.split_once("\"} ").unwrap_or(("+Inf", "0"));
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
             bounds.push((le, value.trim().parse().unwrap_or(0)));
         } else if let Some(value) = line.strip_prefix("gameserver_tick_duration_seconds_count ") {
             count = value.trim().parse().unwrap_or(0);
@@ -401,7 +476,12 @@ async fn event_counts(metrics: SocketAddr) -> anyhow::Result<(f64, f64, f64)> {
     let text = http_get(metrics, "/metrics").await?;
     let (mut produced, mut dropped, mut pending) = (0.0, 0.0, 0.0);
     for line in text.lines() {
-        let value = || line.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let value = || {
+            line.rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         if line.starts_with("gameserver_events_produced_total") {
             produced += value();
         } else if line.starts_with("gameserver_events_dropped_total") {
@@ -414,7 +494,12 @@ async fn event_counts(metrics: SocketAddr) -> anyhow::Result<(f64, f64, f64)> {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    http(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")).await.map(|(_, b)| b)
+    http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+    .map(|(_, b)| b)
 }
 
 async fn post(addr: SocketAddr, secret: &str, path: &str, body: &str) -> anyhow::Result<u16> {
@@ -432,8 +517,15 @@ async fn http(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> 
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;
     let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 

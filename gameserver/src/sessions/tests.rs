@@ -10,9 +10,13 @@ fn addr(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn manager_with(config: impl FnOnce(&mut ManagerConfig)) -> (SessionManager, MemorySink, EventPump) {
+fn manager_with(
+    config: impl FnOnce(&mut ManagerConfig),
+) -> (SessionManager, MemorySink, EventPump) {
     let memory = MemorySink::new(10_000);
-    let (events, pump) = EventPublisher::start(SinkConfig::Memory(memory.clone()), EventMetrics::detached()).unwrap();
+    let (events, pump) =
+        EventPublisher::start(SinkConfig::Memory(memory.clone()), EventMetrics::detached())
+            .unwrap();
     let mut cfg = ManagerConfig::new("test-server", Rules::default());
     cfg.max_sessions = 4;
     cfg.players_per_session = 4;
@@ -56,12 +60,28 @@ async fn seed_players_share_an_open_session() {
     assert_eq!(t1.health, 100);
     assert_eq!(
         m.join("p1", addr(1), false, None),
-        JoinOutcome::AlreadyInSession { session_id: s1.clone(), tank_id: t1.id.clone() }
+        JoinOutcome::AlreadyInSession {
+            session_id: s1.clone(),
+            tank_id: t1.id.clone()
+        }
     );
-    assert_eq!((m.sessions(), m.player_count(), m.tanks_in_use()), (1, 2, 2));
-    let types: Vec<Value> =
-        events(&memory, pump, events::PLAYER_SESSIONS_HISTORY).await.iter().map(|e| e["event_type"].clone()).collect();
-    assert_eq!(types, ["session_created", "player_joined_session", "player_joined_session"]);
+    assert_eq!(
+        (m.sessions(), m.player_count(), m.tanks_in_use()),
+        (1, 2, 2)
+    );
+    let types: Vec<Value> = events(&memory, pump, events::PLAYER_SESSIONS_HISTORY)
+        .await
+        .iter()
+        .map(|e| e["event_type"].clone())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "session_created",
+            "player_joined_session",
+            "player_joined_session"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -90,25 +110,42 @@ async fn a_move_shows_in_the_next_snapshot_to_everyone() {
 async fn the_latest_move_of_a_tick_wins_and_teleports_are_clamped() {
     let (mut m, _memory, _pump) = manager();
     let (_, t1) = joined(m.join("p1", addr(1), false, None));
-    m.queue_move("p1", None, [t1.position[0] + 1.0, t1.position[1]], None).unwrap();
-    m.queue_move("p1", None, [t1.position[0] + 500.0, t1.position[1]], None).unwrap();
+    m.queue_move("p1", None, [t1.position[0] + 1.0, t1.position[1]], None)
+        .unwrap();
+    m.queue_move("p1", None, [t1.position[0] + 500.0, t1.position[1]], None)
+        .unwrap();
     let mut out = Outbox::default();
     m.step(&mut out);
     let tank = &updates(&out, addr(1))[0].tanks[0];
-    assert_eq!(tank.position, [t1.position[0] + m.config().rules.max_step(), t1.position[1]]);
+    assert_eq!(
+        tank.position,
+        [t1.position[0] + m.config().rules.max_step(), t1.position[1]]
+    );
 }
 
 #[tokio::test]
 async fn inputs_of_unknown_players_and_wrong_sources_are_refused() {
     let (mut m, _memory, _pump) = manager();
-    assert_eq!(m.queue_move("ghost", None, [1.0, 1.0], None), Err(InputError::NotInGame));
+    assert_eq!(
+        m.queue_move("ghost", None, [1.0, 1.0], None),
+        Err(InputError::NotInGame)
+    );
     assert_eq!(m.leave("ghost", None), Err(InputError::NotInGame));
     joined(m.join("bound", addr(1), true, None));
-    assert_eq!(m.queue_move("bound", Some(addr(9)), [1.0, 1.0], None), Err(InputError::WrongSource));
-    assert!(m.queue_move("bound", Some(addr(1)), [1.0, 1.0], None).is_ok());
+    assert_eq!(
+        m.queue_move("bound", Some(addr(9)), [1.0, 1.0], None),
+        Err(InputError::WrongSource)
+    );
+    assert!(
+        m.queue_move("bound", Some(addr(1)), [1.0, 1.0], None)
+            .is_ok()
+    );
     // Unbound (seed) players may send from anywhere: there is nothing to prove.
     joined(m.join("seed", addr(2), false, None));
-    assert!(m.queue_move("seed", Some(addr(9)), [1.0, 1.0], None).is_ok());
+    assert!(
+        m.queue_move("seed", Some(addr(9)), [1.0, 1.0], None)
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -131,8 +168,15 @@ async fn shots_damage_then_destroy_and_events_come_in_order() {
     let b_state = last.tanks.iter().find(|t| t.id == b.id).unwrap();
     assert_eq!((b_state.health, b_state.alive), (0, false));
     let game = events(&memory, pump, events::GAME_EVENTS).await;
-    let seen: Vec<(String, Value)> =
-        game.iter().map(|e| (e["event_type"].as_str().unwrap().to_owned(), e["health"].clone())).collect();
+    let seen: Vec<(String, Value)> = game
+        .iter()
+        .map(|e| {
+            (
+                e["event_type"].as_str().unwrap().to_owned(),
+                e["health"].clone(),
+            )
+        })
+        .collect();
     let expected = [
         ("tank_shot", Value::Null),
         ("tank_took_damage", 75.into()),
@@ -144,7 +188,10 @@ async fn shots_damage_then_destroy_and_events_come_in_order() {
         ("tank_took_damage", 0.into()),
         ("tank_destroyed", Value::Null),
     ];
-    let expected: Vec<(String, Value)> = expected.iter().map(|(t, h)| (t.to_string(), h.clone())).collect();
+    let expected: Vec<(String, Value)> = expected
+        .iter()
+        .map(|(t, h)| (t.to_string(), h.clone()))
+        .collect();
     assert_eq!(seen, expected);
     assert_eq!(game[0]["tank_id"], a.id.as_str());
     assert_eq!(game[0]["target_tank_id"], b.id.as_str());
@@ -163,7 +210,14 @@ async fn destroyed_tanks_respawn_in_respawn_mode() {
     m.queue_shot("a", None, None, None).unwrap();
     let mut out = Outbox::default();
     m.step(&mut out);
-    let dead = |out: &Outbox| updates(out, addr(1))[0].tanks.iter().find(|t| t.id == b.id).unwrap().alive;
+    let dead = |out: &Outbox| {
+        updates(out, addr(1))[0]
+            .tanks
+            .iter()
+            .find(|t| t.id == b.id)
+            .unwrap()
+            .alive
+    };
     assert!(!dead(&out));
     for _ in 0..m.config().rules.respawn_ticks {
         m.step(&mut out);
@@ -197,10 +251,18 @@ async fn the_pool_running_out_refuses_joins_with_the_seed_reason() {
     });
     joined(m.join("a", addr(1), false, None));
     joined(m.join("b", addr(2), false, None));
-    assert_eq!(m.join("c", addr(3), false, None), JoinOutcome::Failed(MSG_NO_TANKS));
+    assert_eq!(
+        m.join("c", addr(3), false, None),
+        JoinOutcome::Failed(MSG_NO_TANKS)
+    );
 }
 
-fn create(m: &mut SessionManager, match_id: &str, players: &[&str], mode: Option<&str>) -> Result<SessionCreated, CreateError> {
+fn create(
+    m: &mut SessionManager,
+    match_id: &str,
+    players: &[&str],
+    mode: Option<&str>,
+) -> Result<SessionCreated, CreateError> {
     m.create_match(&CreateSession {
         match_id: match_id.into(),
         players: players.iter().map(|p| p.to_string()).collect(),
@@ -215,14 +277,23 @@ async fn match_sessions_are_idempotent_and_take_their_players() {
     let first = create(&mut m, "m1", &["alice", "bob"], None).unwrap();
     assert!(first.created);
     let again = create(&mut m, "m1", &["alice", "bob"], None).unwrap();
-    assert_eq!((again.created, &again.session_id), (false, &first.session_id));
+    assert_eq!(
+        (again.created, &again.session_id),
+        (false, &first.session_id)
+    );
     let (session, _) = joined(m.join("alice", addr(1), true, None));
     assert_eq!(session, first.session_id);
     // With a token, a stranger cannot take a seat in this match by naming it.
-    assert_eq!(m.join("mallory", addr(3), true, Some(&first.session_id)), JoinOutcome::Failed(MSG_NOT_EXPECTED));
+    assert_eq!(
+        m.join("mallory", addr(3), true, Some(&first.session_id)),
+        JoinOutcome::Failed(MSG_NOT_EXPECTED)
+    );
     let report = m.load_report();
     assert_eq!(report.matches.len(), 1);
-    assert_eq!((report.matches[0].players, report.sessions, report.players), (1, 1, 1));
+    assert_eq!(
+        (report.matches[0].players, report.sessions, report.players),
+        (1, 1, 1)
+    );
 }
 
 #[tokio::test]
@@ -232,7 +303,10 @@ async fn draining_and_full_servers_refuse_new_matches() {
     assert_eq!(create(&mut m, "m2", &[], None), Err(CreateError::Full));
     m.drain();
     assert_eq!(create(&mut m, "m3", &[], None), Err(CreateError::Draining));
-    assert!(create(&mut m, "m1", &[], None).is_ok(), "asking again for a live match still answers");
+    assert!(
+        create(&mut m, "m1", &[], None).is_ok(),
+        "asking again for a live match still answers"
+    );
     assert_eq!(create(&mut m, "", &[], None), Err(CreateError::BadMatchId));
     assert!(!m.load_report().ready);
 }
@@ -265,7 +339,10 @@ async fn elimination_ends_the_match_and_the_report_says_so() {
     assert_eq!(report.finished[0].session_id, created.session_id);
     assert_eq!(report.finished[0].reason, "completed");
     assert_eq!(m.tanks_in_use(), 0);
-    assert!(!create(&mut m, "m1", &[], None).unwrap().created, "a finished match is not created again");
+    assert!(
+        !create(&mut m, "m1", &[], None).unwrap().created,
+        "a finished match is not created again"
+    );
     let history = events(&memory, pump, events::PLAYER_SESSIONS_HISTORY).await;
     assert_eq!(history.last().unwrap()["event_type"], "session_removed");
     assert_eq!(history.last().unwrap()["reason"], "completed");
@@ -287,8 +364,11 @@ async fn matches_end_on_time_and_empty_ones_are_abandoned() {
     }
     let report = m.load_report();
     assert_eq!(ended, 2);
-    let reasons: Vec<(&str, &str)> =
-        report.finished.iter().map(|f| (f.match_id.as_str(), f.reason.as_str())).collect();
+    let reasons: Vec<(&str, &str)> = report
+        .finished
+        .iter()
+        .map(|f| (f.match_id.as_str(), f.reason.as_str()))
+        .collect();
     assert_eq!(reasons, [("empty", "abandoned"), ("timed", "completed")]);
 }
 

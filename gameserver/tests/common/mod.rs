@@ -32,7 +32,10 @@ pub struct Player {
 
 impl Player {
     pub async fn new(server: SocketAddr) -> Self {
-        Self { socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(), server }
+        Self {
+            socket: UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            server,
+        }
     }
 
     pub async fn send(&self, value: Value) {
@@ -65,16 +68,25 @@ impl Player {
     }
 
     pub async fn join(&self, player_id: &str) -> Value {
-        self.send(serde_json::json!({"action":"join_game","player_id":player_id})).await;
+        self.send(serde_json::json!({"action":"join_game","player_id":player_id}))
+            .await;
         self.reply().await
     }
 }
 
 /// A plain HTTP/1.1 request; returns the status and the body parsed as JSON (or Null).
-pub async fn http(addr: SocketAddr, method: &str, path: &str, secret: Option<&str>, body: Option<Value>) -> (u16, Value) {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let auth = secret.map(|s| format!("Authorization: Bearer {s}\r\n")).unwrap_or_default();
+    let auth = secret
+        .map(|s| format!("Authorization: Bearer {s}\r\n"))
+        .unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -83,7 +95,11 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, secret: Option<&st
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.unwrap();
     let text = String::from_utf8_lossy(&response);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
     (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
@@ -99,5 +115,9 @@ pub fn near(position: &Value, target: [f64; 2]) -> bool {
 /// Whether `update` is a snapshot showing tank `id` near `target`.
 pub fn shows(update: &Value, id: &str, target: [f64; 2]) -> bool {
     update["action"] == "game_update"
-        && update["tanks"].as_array().is_some_and(|tanks| tanks.iter().any(|t| t["id"] == id && near(&t["position"], target)))
+        && update["tanks"].as_array().is_some_and(|tanks| {
+            tanks
+                .iter()
+                .any(|t| t["id"] == id && near(&t["position"], target))
+        })
 }
