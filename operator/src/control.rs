@@ -142,6 +142,7 @@ impl GameServerControl for HttpControl {
 /// whose servers' load changed in a way its decisions depend on.
 pub struct Poller {
     pub pods: Store<Pod>,
+    pub cache_ready: tokio::sync::watch::Receiver<bool>,
     pub loads: Arc<LoadIndex>,
     pub control: Arc<dyn GameServerControl>,
     pub resolver: EndpointResolver,
@@ -152,8 +153,11 @@ pub struct Poller {
 }
 
 impl Poller {
-    pub async fn run(self) {
-        self.pods.wait_until_ready().await.ok();
+    pub async fn run(mut self) {
+        if self.cache_ready.wait_for(|r| *r).await.map(|_| ()).is_err() {
+            return;
+        }
+        tracing::debug!("load poller started");
         loop {
             let started = Instant::now();
             self.round().await;
@@ -183,10 +187,14 @@ impl Poller {
             })
             .collect();
         self.loads.retain(&live);
+        tracing::trace!(servers = targets.len(), "polling load");
 
         let changed: HashMap<String, ObjectRef<GameFleet>> = futures::stream::iter(targets)
             .map(|(key, fleet, base)| async move {
                 let result = self.control.load(&base).await;
+                if let Err(e) = &result {
+                    tracing::debug!(server = %key, %base, error = %e, "load poll failed");
+                }
                 self.metrics
                     .load_polls
                     .with_label_values(&[if result.is_ok() { "ok" } else { "error" }])

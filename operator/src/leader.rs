@@ -71,7 +71,8 @@ impl Elector {
                 _ = tokio::time::sleep(self.s.renew_every) => {}
             }
         }
-        if *tx.borrow() {
+        let leading = *tx.borrow();
+        if leading {
             tx.send_replace(false);
             if let Err(e) = self.release().await {
                 warn!(error = %e, "releasing lease");

@@ -104,19 +104,28 @@ pub async fn run(
     let (leader_tx, mut leader_rx) = watch::channel(config.lease.is_none());
     let elector = config.lease.clone().map(|lease| {
         let elector = Elector::new(client.clone(), lease);
-        tokio::spawn(elector.run(leader_tx, shutdown.clone()))
+        tokio::spawn(elector.run(leader_tx.clone(), shutdown.clone()))
     });
+    // Without election the sender stays here, so "lost leadership" never fires.
+    let _keep_sender = config.lease.is_none().then_some(leader_tx);
 
     // Stand by until this replica leads (or is told to stop).
-    if !*leader_rx.borrow() {
+    let leading = *leader_rx.borrow();
+    if !leading {
         ready.store(true, Ordering::Relaxed);
         info!("standing by for the lease");
-        tokio::select! {
-            _ = shutdown.clone() => {
-                finish(elector, http).await;
-                return Ok(());
+        loop {
+            tokio::select! {
+                _ = shutdown.clone() => {
+                    finish(elector, http).await;
+                    return Ok(());
+                }
+                r = leader_rx.changed() => r.context("leader election stopped")?,
             }
-            r = leader_rx.wait_for(|l| *l) => { r.context("leader election stopped")?; }
+            let now_leading = *leader_rx.borrow();
+            if now_leading {
+                break;
+            }
         }
     }
     metrics.leader.set(1);
@@ -147,10 +156,23 @@ pub async fn run(
             config.control_timeout,
         ))
     });
+    let (cache_tx, cache_ready) = watch::channel(false);
+    let ready_task = {
+        let (store, ready) = (pod_store.clone(), ready.clone());
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                ready.store(true, Ordering::Relaxed);
+                let _ = cache_tx.send(true);
+                // Keep the sender: receivers see "closed" otherwise.
+                std::future::pending::<()>().await;
+            }
+        })
+    };
     let ctx = Arc::new(Context::new(
         client.clone(),
         metrics.clone(),
         pod_store.clone(),
+        cache_ready.clone(),
         config.loads.clone(),
         control.clone(),
         config.resolver.clone(),
@@ -159,6 +181,7 @@ pub async fn run(
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
     let poller = Poller {
         pods: pod_store.clone(),
+        cache_ready,
         loads: config.loads.clone(),
         control,
         resolver: config.resolver.clone(),
@@ -168,14 +191,6 @@ pub async fn run(
         trigger: trigger_tx,
     };
     let poll_task = tokio::spawn(poller.run());
-    let ready_task = {
-        let (store, ready) = (pod_store.clone(), ready.clone());
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                ready.store(true, Ordering::Relaxed);
-            }
-        })
-    };
 
     let controller = Controller::new(fleets, watcher::Config::default())
         .owns_stream(pod_stream)
@@ -190,7 +205,15 @@ pub async fn run(
         });
 
     let lost = async {
-        let _ = leader_rx.wait_for(|l| !*l).await;
+        loop {
+            if leader_rx.changed().await.is_err() {
+                return std::future::pending::<()>().await;
+            }
+            let still = *leader_rx.borrow();
+            if !still {
+                return;
+            }
+        }
     };
     let result = tokio::select! {
         _ = controller => Ok(()),

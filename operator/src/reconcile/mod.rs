@@ -65,6 +65,10 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub pods: Store<Pod>,
+    /// True once the pod cache has listed everything. (One task waits on the store and
+    /// publishes here: kube-runtime 5.0's `Store::wait_until_ready` wakes only the last
+    /// of several concurrent waiters.)
+    pub cache_ready: tokio::sync::watch::Receiver<bool>,
     pub loads: Arc<LoadIndex>,
     pub control: Arc<dyn GameServerControl>,
     pub resolver: EndpointResolver,
@@ -79,6 +83,7 @@ impl Context {
         client: Client,
         metrics: Arc<Metrics>,
         pods: Store<Pod>,
+        cache_ready: tokio::sync::watch::Receiver<bool>,
         loads: Arc<LoadIndex>,
         control: Arc<dyn GameServerControl>,
         resolver: EndpointResolver,
@@ -93,6 +98,7 @@ impl Context {
             client,
             metrics,
             pods,
+            cache_ready,
             loads,
             control,
             resolver,
@@ -137,6 +143,15 @@ pub fn error_policy(fleet: Arc<GameFleet>, error: &Error, ctx: Arc<Context>) -> 
         .with_label_values(&["GameFleet", error.kind()])
         .inc();
     Action::requeue(Duration::from_secs(5))
+}
+
+async fn wait_for_cache(ctx: &Context) -> Result<()> {
+    let mut ready = ctx.cache_ready.clone();
+    ready
+        .wait_for(|r| *r)
+        .await
+        .map(|_| ())
+        .map_err(|_| Error::CacheNotReady)
 }
 
 fn fleet_key(fleet: &GameFleet) -> String {
@@ -257,10 +272,7 @@ fn policies(fleet: &GameFleet) -> (ScalingPolicy, RolloutPolicy, HealthPolicy, P
 pub async fn apply(fleet: Arc<GameFleet>, ctx: &Context) -> Result<Action> {
     // The controller drives the pod watch; never decide on a half-listed cache (after a
     // restart that would create duplicates of every running server).
-    ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheNotReady)?;
+    wait_for_cache(ctx).await?;
     let key = fleet_key(&fleet);
     let ns = fleet.namespace().unwrap_or_default();
     let hash = pods::template_hash(&fleet);
@@ -477,10 +489,7 @@ pub async fn apply(fleet: Arc<GameFleet>, ctx: &Context) -> Result<Action> {
 /// On deletion: drain every server, delete the empty ones, keep the finalizer until the
 /// busy ones have emptied, so deleting a fleet never cuts a live match.
 pub async fn cleanup(fleet: Arc<GameFleet>, ctx: &Context) -> Result<Action> {
-    ctx.pods
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::CacheNotReady)?;
+    wait_for_cache(ctx).await?;
     let key = fleet_key(&fleet);
     let ns = fleet.namespace().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);

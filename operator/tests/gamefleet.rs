@@ -1,0 +1,436 @@
+//! The GameFleet operator against the real kube-apiserver of `hack/devenv`, with kwok
+//! nodes (pods go Running) and fake game servers speaking the control interface over
+//! HTTP. Each test has its own namespace, nodes and operator (watching that namespace).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::*;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+use tanks_operator::api::{GameFleet, labels};
+
+fn host_port(p: &Pod) -> Option<i32> {
+    p.spec
+        .as_ref()?
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .find_map(|port| {
+            (port.name.as_deref() == Some(labels::GAME_PORT_NAME))
+                .then_some(port.host_port)
+                .flatten()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crds_are_applied_and_bad_fleets_rejected_with_the_cel_message() {
+    let env = TestEnv::new("op-crd", 0, 0).await;
+    let fleets = env.fleets();
+    let cases = [
+        (
+            fleet("a", "x").min(5).max(2),
+            "scaling.minReplicas must not exceed scaling.maxReplicas",
+        ),
+        (
+            fleet("b", "x").set("/spec/scaling/buffer", json!({"slots": 1, "percent": 10})),
+            "exactly one of slots or percent",
+        ),
+        (
+            fleet("c", "x").buffer_slots(1000).max(2),
+            "buffer.slots must fit",
+        ),
+        (
+            fleet("d", "x").set(
+                "/spec/rollingUpdate",
+                json!({"maxSurge": 0, "maxUnavailable": "0%"}),
+            ),
+            "must not both be zero",
+        ),
+        (
+            fleet("e", "x").set("/spec/ports", json!({"policy": "Static"})),
+            "ports.port is required",
+        ),
+        (
+            fleet("f", "x").set("/spec/scaling/maxReplicas", json!(100000)),
+            "maxReplicas",
+        ),
+        (
+            fleet("g", "x").set("/spec/scheduling", json!("Random")),
+            "Unsupported value",
+        ),
+    ];
+    // Sent as raw JSON: some of these cannot even be built as Rust values.
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        &env.ns,
+        &ApiResource::erase::<GameFleet>(&()),
+    );
+    for (builder, message) in cases {
+        let obj: DynamicObject = serde_json::from_value(builder.0).unwrap();
+        let err = raw
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect_err(message);
+        let text = err.to_string();
+        assert!(text.contains(message), "expected {message:?} in {text}");
+    }
+    // Immutable: the port policy.
+    fleets
+        .create(&PostParams::default(), &fleet("ok", "x").build())
+        .await
+        .expect("valid fleet");
+    let err = fleets
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"ports": {"policy": "PodIp"}}})),
+        )
+        .await
+        .expect_err("immutable");
+    assert!(
+        err.to_string().contains("ports.policy is immutable"),
+        "{err}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_creates_running_pods_with_distinct_host_ports_and_replaces_failed_ones() {
+    let env = TestEnv::new("op-create", 2, 100).await;
+    let fake = FakeServers::start().await;
+    let op = start_operator(&env, &fake, "solo", false);
+    env.fleets()
+        .create(
+            &PostParams::default(),
+            &fleet("arena", &env.ns).min(8).build(),
+        )
+        .await
+        .unwrap();
+
+    let pods = eventually(60, "8 running pods", || async {
+        let p = env.running_pods("arena").await;
+        (p.len() == 8).then_some(p)
+    })
+    .await;
+    let mut per_node: HashMap<String, HashSet<i32>> = HashMap::new();
+    for p in &pods {
+        assert_eq!(p.owner_references()[0].kind, "GameFleet");
+        assert!(p.labels().contains_key(labels::TEMPLATE_HASH));
+        let port = host_port(p).expect("dynamic host port");
+        assert!((7000..=8999).contains(&port));
+        let node = p.spec.as_ref().unwrap().node_name.clone().unwrap();
+        assert!(
+            per_node.entry(node).or_default().insert(port),
+            "host port {port} twice on a node"
+        );
+    }
+    let fleet = eventually(30, "status shows 8 ready", || async {
+        let f = env.fleets().get("arena").await.ok()?;
+        (f.status.as_ref()?.ready_replicas == 8).then_some(f)
+    })
+    .await;
+    let status = fleet.status.unwrap();
+    assert_eq!(status.desired_replicas, 8);
+    assert_eq!(status.selector.as_deref(), Some("tanks.dev/fleet=arena"));
+    assert_eq!(status.observed_generation, fleet.metadata.generation);
+
+    // A failed pod (as after an eviction) is replaced.
+    let victim = pods[0].name_any();
+    let failed = json!({"status": {"phase": "Failed", "reason": "Evicted"}});
+    env.pods()
+        .patch_status(&victim, &PatchParams::default(), &Patch::Merge(failed))
+        .await
+        .unwrap();
+    eventually(30, "failed pod replaced", || async {
+        let p = env.running_pods("arena").await;
+        (p.len() == 8 && p.iter().all(|p| p.name_any() != victim)).then_some(())
+    })
+    .await;
+    op.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_reports_drive_scale_up_and_down_and_busy_servers_stay() {
+    let env = TestEnv::new("op-scale", 2, 100).await;
+    let fake = FakeServers::start().await;
+    let op = start_operator(&env, &fake, "solo", false);
+    // 2 sessions per server, 4 free slots wanted: 2 servers when idle.
+    env.fleets()
+        .create(
+            &PostParams::default(),
+            &fleet("arena", &env.ns).buffer_slots(4).max(10).build(),
+        )
+        .await
+        .unwrap();
+    let first = eventually(60, "2 idle servers", || async {
+        let p = env.running_pods("arena").await;
+        (p.len() == 2).then_some(p)
+    })
+    .await;
+    // Both fill up: 4 sessions + 4 free = 4 servers.
+    for p in &first {
+        fake.set_sessions(&p.name_any(), 2);
+    }
+    eventually(60, "scale up to 4", || async {
+        (env.running_pods("arena").await.len() == 4).then_some(())
+    })
+    .await;
+    let busy = first[0].name_any();
+    fake.set_sessions(&first[1].name_any(), 0);
+    // 2 sessions + 4 free = 3 servers; after the 3 s delay one empty server goes, never
+    // the busy one.
+    let pods = eventually(60, "scale down to 3", || async {
+        let p = env.live_pods("arena").await;
+        (p.len() == 3).then_some(p)
+    })
+    .await;
+    assert!(
+        pods.iter().any(|p| p.name_any() == busy),
+        "the busy server was removed"
+    );
+    let busy_pod = pods.iter().find(|p| p.name_any() == busy).unwrap();
+    eventually(20, "busy pod marked not evictable", || async {
+        let p = env.pods().get(&busy).await.ok()?;
+        (p.annotations()
+            .get(labels::SAFE_TO_EVICT)
+            .map(String::as_str)
+            == Some("false"))
+        .then_some(())
+    })
+    .await;
+    let _ = busy_pod;
+    // Steady load: no change for a while (no oscillation).
+    let before: HashSet<String> = env
+        .live_pods("arena")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after: HashSet<String> = env
+        .live_pods("arena")
+        .await
+        .iter()
+        .map(|p| p.name_any())
+        .collect();
+    assert_eq!(before, after, "a steady load changed the fleet");
+    let f = env.fleets().get("arena").await.unwrap();
+    let s = f.status.unwrap();
+    assert_eq!((s.sessions, s.players, s.allocated_replicas), (2, 8, 1));
+    op.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_change_rolls_and_a_busy_pod_is_never_deleted() {
+    let env = TestEnv::new("op-roll", 2, 100).await;
+    let fake = FakeServers::start().await;
+    let op = start_operator(&env, &fake, "solo", false);
+    env.fleets()
+        .create(
+            &PostParams::default(),
+            &fleet("arena", &env.ns).min(3).build(),
+        )
+        .await
+        .unwrap();
+    let old = eventually(60, "3 ready servers", || async {
+        let f = env.fleets().get("arena").await.ok()?;
+        let p = env.running_pods("arena").await;
+        (f.status?.ready_replicas == 3 && p.len() == 3).then_some(p)
+    })
+    .await;
+    let busy = old[0].name_any();
+    fake.set_sessions(&busy, 1);
+
+    // Watch every deletion: the busy pod must not be deleted while it has a session.
+    let violated = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (violated, fake, busy, pods) =
+            (violated.clone(), fake.clone(), busy.clone(), env.pods());
+        tokio::spawn(async move {
+            let mut stream = watcher(pods, watcher::Config::default())
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(p)) = stream.next().await {
+                if p.name_any() == busy
+                    && p.metadata.deletion_timestamp.is_some()
+                    && fake.sessions(&busy) > 0
+                {
+                    violated.store(true, Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    eventually(20, "busy pod seen busy", || async {
+        let s = env.fleets().get("arena").await.ok()?.status?;
+        (s.allocated_replicas == 1).then_some(())
+    })
+    .await;
+
+    let change = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "gameserver", "image": "tanks/gameserver:test", "env": [{"name": "VERSION", "value": "2"}]}
+    ]}}}});
+    env.fleets()
+        .patch("arena", &PatchParams::default(), &Patch::Merge(change))
+        .await
+        .unwrap();
+    let new_hash = eventually(10, "new template hash", || async {
+        let s = env.fleets().get("arena").await.ok()?.status?;
+        let h = s.template_hash?;
+        (h != old[0].labels()[labels::TEMPLATE_HASH]).then_some(h)
+    })
+    .await;
+    // Empty old servers are replaced; the busy one is drained and stays.
+    eventually(
+        60,
+        "two empty old servers replaced, busy one drained",
+        || async {
+            let p = env.live_pods("arena").await;
+            let new = p
+                .iter()
+                .filter(|p| p.labels()[labels::TEMPLATE_HASH] == new_hash)
+                .count();
+            let old_left: Vec<String> = p
+                .iter()
+                .filter(|p| p.labels()[labels::TEMPLATE_HASH] != new_hash)
+                .map(|p| p.name_any())
+                .collect();
+            (new == 3 && old_left == [busy.clone()] && fake.drained(&busy)).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        env.pods()
+            .get(&busy)
+            .await
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+    // The match ends: the drained server goes.
+    fake.set_sessions(&busy, 0);
+    eventually(30, "drained server deleted once empty", || async {
+        let p = env.live_pods("arena").await;
+        (p.len() == 3 && p.iter().all(|p| p.name_any() != busy)).then_some(())
+    })
+    .await;
+    assert!(!violated.load(Ordering::SeqCst), "a busy pod was deleted");
+    watch.abort();
+    op.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_restarted_mid_scale_converges_without_duplicates() {
+    let env = TestEnv::new("op-restart", 4, 200).await;
+    let fake = FakeServers::start().await;
+    let op = start_operator(&env, &fake, "first", false);
+    env.fleets()
+        .create(
+            &PostParams::default(),
+            &fleet("arena", &env.ns).max(400).replicas(300).build(),
+        )
+        .await
+        .unwrap();
+    eventually(60, "scale-up under way", || async {
+        let n = env.live_pods("arena").await.len();
+        (n >= 30).then_some(())
+    })
+    .await;
+    op.kill();
+    let at_kill = env.live_pods("arena").await.len();
+    let op = start_operator(&env, &fake, "second", false);
+    let max_seen = std::sync::atomic::AtomicUsize::new(0);
+    eventually(120, "300 running pods", || {
+        let env = &env;
+        let max_seen = &max_seen;
+        async move {
+            let live = env.live_pods("arena").await;
+            max_seen.fetch_max(live.len(), Ordering::SeqCst);
+            let running = live
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .count();
+            (running == 300).then_some(())
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let live = env.live_pods("arena").await.len();
+    assert_eq!(live, 300, "duplicates after restart (killed at {at_kill})");
+    let max_seen = max_seen.load(Ordering::SeqCst);
+    assert!(max_seen <= 300, "saw {max_seen} pods at once");
+    op.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operator_replicas_never_both_act() {
+    let env = TestEnv::new("op-lease", 2, 100).await;
+    let fake = FakeServers::start().await;
+    let a = start_operator(&env, &fake, "replica-a", true);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let b = start_operator(&env, &fake, "replica-b", true);
+    env.fleets()
+        .create(
+            &PostParams::default(),
+            &fleet("arena", &env.ns).max(40).replicas(10).build(),
+        )
+        .await
+        .unwrap();
+    let pods = eventually(60, "10 pods", || async {
+        let p = env.live_pods("arena").await;
+        (p.len() == 10).then_some(p)
+    })
+    .await;
+    let creators: HashSet<String> = pods
+        .iter()
+        .map(|p| p.annotations()[labels::CREATED_BY].clone())
+        .collect();
+    assert_eq!(
+        creators,
+        HashSet::from(["replica-a".to_owned()]),
+        "only the leader acts"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        env.live_pods("arena").await.len(),
+        10,
+        "the standby acted too"
+    );
+
+    // The leader stops (releasing the Lease): the standby takes over.
+    a.stop().await;
+    env.fleets()
+        .patch(
+            "arena",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 15}})),
+        )
+        .await
+        .unwrap();
+    let pods = eventually(60, "15 pods after failover", || async {
+        let p = env.live_pods("arena").await;
+        (p.len() == 15).then_some(p)
+    })
+    .await;
+    let by_b = pods
+        .iter()
+        .filter(|p| p.annotations()[labels::CREATED_BY] == "replica-b")
+        .count();
+    assert_eq!(by_b, 5);
+    b.stop().await;
+    env.cleanup().await;
+}
