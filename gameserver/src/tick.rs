@@ -46,6 +46,8 @@ impl Ticker {
         let rate = self.lock().config().rules.tick_rate.max(1);
         let period = Duration::from_secs(1) / rate;
         let mut outbox = Outbox::default();
+        let mut deferred = Vec::new();
+        let events = self.lock().events();
         let mut next = Instant::now() + period;
         while self.control.running() {
             let (tick, started) = {
@@ -54,6 +56,7 @@ impl Ticker {
                 // datagram being handled on the receive thread.
                 let started = Instant::now();
                 manager.step(&mut outbox);
+                manager.take_deferred(&mut deferred);
                 self.metrics.sessions.set(manager.sessions() as i64);
                 self.metrics.players.set(manager.player_count() as i64);
                 self.metrics.tanks_in_use.set(manager.tanks_in_use() as i64);
@@ -63,6 +66,9 @@ impl Ticker {
                 .tick_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.send(&outbox);
+            for record in deferred.drain(..) {
+                events.publish_raw(record);
+            }
             self.completed.send_replace(tick);
             let now = Instant::now();
             if now > next + period {

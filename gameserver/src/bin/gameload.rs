@@ -33,6 +33,17 @@ struct Cli {
 enum Cmd {
     /// Play bots against a server.
     Run(RunArgs),
+    /// Time the simulation tick alone (no network): N players in 7-vs-7 sessions,
+    /// every player moving every tick, events to a bounded in-memory sink.
+    Tickbench {
+        #[arg(long, default_value_t = 5000)]
+        players: usize,
+        #[arg(long, default_value_t = 300)]
+        ticks: u64,
+        /// Publish tank coordinates every this many ticks (0: never).
+        #[arg(long, default_value_t = 1)]
+        coordinates_every: u64,
+    },
     /// Serve the ideal echo baseline.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9998")]
@@ -88,6 +99,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Cmd::Echo { addr, seconds } => echo(addr, Duration::from_secs(seconds)),
         Cmd::Run(args) => runtime.block_on(run(args)),
+        Cmd::Tickbench {
+            players,
+            ticks,
+            coordinates_every,
+        } => runtime.block_on(tickbench(players, ticks, coordinates_every)),
     }
 }
 
@@ -132,6 +148,72 @@ fn echo(addr: SocketAddr, seconds: Duration) -> anyhow::Result<()> {
         }
         let _ = socket.send_to(&out, from);
     }
+    Ok(())
+}
+
+async fn tickbench(players: usize, ticks: u64, coordinates_every: u64) -> anyhow::Result<()> {
+    use gameserver::outbox::Outbox;
+    use gameserver::rules::Rules;
+    use gameserver::sessions::{ManagerConfig, SessionManager};
+    use tanks_core::events::{EventMetrics, EventPublisher, MemorySink, SinkConfig};
+    let (events, _pump) = EventPublisher::start(
+        SinkConfig::Memory(MemorySink::new(10_000)),
+        EventMetrics::detached(),
+    )?;
+    let mut config = ManagerConfig::new("tickbench", Rules::default());
+    config.max_sessions = players.div_ceil(14) + 1;
+    config.player_timeout_ticks = u64::MAX / 2;
+    config.coordinates_every = coordinates_every;
+    let mut manager = SessionManager::new(config, events);
+    let ids: Vec<String> = (0..players).map(|i| format!("bot-{i}")).collect();
+    for (m, chunk) in ids.chunks(14).enumerate() {
+        let request = tanks_core::protocol::control::CreateSession {
+            match_id: format!("bench-{m}"),
+            players: chunk.to_vec(),
+            map: None,
+            mode: None,
+        };
+        manager
+            .create_match(&request)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 10_000 + (i % 50_000) as u16));
+        manager.join(id, addr, false, None);
+    }
+    let mut out = Outbox::default();
+    let mut deferred = Vec::new();
+    let events = manager.events();
+    let mut publish_ms = Vec::with_capacity(ticks as usize);
+    let mut durations = Vec::with_capacity(ticks as usize);
+    for t in 0..ticks {
+        for (i, id) in ids.iter().enumerate() {
+            let x = 100.0 + ((t as usize + i) % 700) as f64;
+            let _ = manager.queue_move(id, None, [x, 500.0], Some(t));
+        }
+        let started = Instant::now();
+        manager.step(&mut out);
+        durations.push(started.elapsed().as_secs_f64() * 1000.0);
+        // As the tick thread does: events are published after the lock is released.
+        let publishing = Instant::now();
+        manager.take_deferred(&mut deferred);
+        for record in deferred.drain(..) {
+            events.publish_raw(record);
+        }
+        publish_ms.push(publishing.elapsed().as_secs_f64() * 1000.0);
+        tokio::task::yield_now().await; // let the event pump run
+    }
+    durations.sort_by(f64::total_cmp);
+    publish_ms.sort_by(f64::total_cmp);
+    let q = |p: f64| round3(durations[((durations.len() - 1) as f64 * p) as usize]);
+    let qp = |p: f64| round3(publish_ms[((publish_ms.len() - 1) as f64 * p) as usize]);
+    println!(
+        "{}",
+        json!({"players": players, "sessions": manager.sessions(), "ticks": ticks,
+               "tick_ms": {"p50": q(0.5), "p99": q(0.99), "max": q(1.0)},
+               "publish_after_tick_ms": {"p50": qp(0.5), "p99": qp(0.99)},
+               "snapshot_bytes_per_tick": out.bytes(), "datagrams_per_tick": out.len()})
+    );
     Ok(())
 }
 
