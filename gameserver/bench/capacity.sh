@@ -5,7 +5,8 @@
 #
 #   gameserver/bench/capacity.sh 1000 5000
 #
-# Env: WARMUP (s, default 5), DURATION (s, default 20), GAMESERVER_FLAGS (extra flags),
+# Env: WARMUP (s, default 5), DURATION (s, default 20), GAMESERVER_FLAGS (extra flags,
+# e.g. the broker path or Kafka), SKIP_ECHO=1 (game server only), LABEL,
 # CARGO_TARGET_DIR (where the dev-profile binaries are).
 set -euo pipefail
 TARGET=${CARGO_TARGET_DIR:-target}/debug
@@ -15,12 +16,14 @@ BOUND=$((WARMUP + DURATION + 30))
 UDP=127.0.0.1:39999 ECHO=127.0.0.1:39998 CONTROL=127.0.0.1:39890 METRICS=127.0.0.1:39001 TCP=127.0.0.1:39889
 
 for players in "$@"; do
+  if [ -z "${SKIP_ECHO:-}" ]; then
   timeout "$BOUND" "$TARGET/gameload" echo --addr "$ECHO" --seconds "$BOUND" 2>/dev/null &
   sleep 0.5
   echo_pid=$(pgrep -P $! | head -1)
   timeout "$BOUND" "$TARGET/gameload" run --label echo --server "$ECHO" --players "$players" \
     --warmup "$WARMUP" --duration "$DURATION" --server-pid "$echo_pid" || true
   kill "$echo_pid" 2>/dev/null || true; wait 2>/dev/null || true
+  fi
 
   sessions=$(( (players + 13) / 14 + 8 ))
   RUST_LOG=warn timeout "$BOUND" "$TARGET/gameserver" --udp-addr "$UDP" --tcp-addr "$TCP" \
@@ -28,7 +31,7 @@ for players in "$@"; do
     --events-file /tmp/gameload-events.jsonl --drain-seconds 1 ${GAMESERVER_FLAGS:-} &
   sleep 1
   server_pid=$(pgrep -P $! | head -1)
-  timeout "$BOUND" "$TARGET/gameload" run --label gameserver --server "$UDP" --players "$players" \
+  timeout "$BOUND" "$TARGET/gameload" run --label "${LABEL:-gameserver}" --server "$UDP" --players "$players" \
     --control "$CONTROL" --metrics "$METRICS" --warmup "$WARMUP" --duration "$DURATION" \
     --server-pid "$server_pid" || true
   kill -TERM "$server_pid" 2>/dev/null || true; wait 2>/dev/null || true
