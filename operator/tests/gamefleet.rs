@@ -434,3 +434,80 @@ async fn two_operator_replicas_never_both_act() {
     b.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifests_are_accepted_by_the_api_server() {
+    let env = TestEnv::new("op-manifests", 0, 0).await;
+    let kubeconfig = tanks_testkit::require_kube_apiserver();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/operator");
+    let kubectl = |args: &[&str]| {
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", &kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl on PATH");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Namespace, RBAC and the sample fleet for real; the Deployment through server-side
+    // dry run (its pods would need the image on a kubelet).
+    for file in [
+        "00-namespace.yaml",
+        "10-rbac.yaml",
+        "30-sample-gamefleet.yaml",
+    ] {
+        kubectl(&[
+            "apply",
+            "--server-side",
+            "--field-manager=tanks-tests",
+            "-f",
+            &format!("{dir}/{file}"),
+        ]);
+    }
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        &format!("{dir}/20-deployment.yaml"),
+    ]);
+    // The RBAC is enough for what the operator does (checked by impersonation).
+    for (verb, resource) in [
+        ("watch", "gamefleets.tanks.dev"),
+        ("patch", "gamefleets.tanks.dev/status"),
+        ("create", "pods"),
+        ("delete", "pods"),
+        ("patch", "pods"),
+        ("create", "events.events.k8s.io"),
+    ] {
+        kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "--all-namespaces",
+            "--as=system:serviceaccount:tanks-system:tanks-operator",
+        ]);
+    }
+    kubectl(&[
+        "auth",
+        "can-i",
+        "update",
+        "leases.coordination.k8s.io",
+        "-n",
+        "tanks-system",
+        "--as=system:serviceaccount:tanks-system:tanks-operator",
+    ]);
+    kubectl(&[
+        "delete",
+        "gamefleet",
+        "arena",
+        "-n",
+        "tanks-system",
+        "--wait=false",
+    ]);
+    env.cleanup().await;
+}

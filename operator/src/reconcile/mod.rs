@@ -702,3 +702,6 @@ async fn mark_evictable(api: &Api<Pod>, changes: &[(String, bool)], ctx: &Contex
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests;
