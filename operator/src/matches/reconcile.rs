@@ -25,7 +25,6 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tanks_core::protocol::control::CreateSession;
 use tanks_core::protocol::matchmaking::{Endpoint, MATCH_ALLOCATED, MatchAllocated};
-use tokio::sync::watch;
 use tracing::{instrument, warn};
 
 use crate::api::gamefleet::Scheduling;
@@ -89,18 +88,66 @@ pub struct MatchContext {
     pub metrics: Arc<Metrics>,
     pub match_metrics: Arc<MatchMetrics>,
     pub settings: MatchSettings,
-    /// True once the view has been rebuilt from the API server (see [`AllocationView`]).
-    pub ready: watch::Receiver<bool>,
+    /// Rebuilds the view from the API server before the first decision (see
+    /// [`AllocationView`]); `None` in unit tests.
+    pub rebuild: Option<Rebuild>,
+    pub rebuilt: tokio::sync::OnceCell<()>,
+}
+
+/// What the view is rebuilt from. The first reconcile runs it: the controller starts
+/// reconciling only once its Match cache is complete, and the caller starts the
+/// controller only once the pod cache is.
+pub struct Rebuild {
+    pub matches: Store<Match>,
+    pub pods: Store<Pod>,
+    /// Longest wait for the first load report of every running server.
+    pub first_round_wait: Duration,
+}
+
+async fn rebuild(r: &Rebuild, loads: &LoadIndex, view: &AllocationView) {
+    let mut held = 0;
+    for m in r.matches.state() {
+        let status = m.status.clone().unwrap_or_default();
+        if status.phase.holds_slot() {
+            held += 1;
+            view.observe(
+                &m.namespace().unwrap_or_default(),
+                &m.name_any(),
+                status.game_server.as_deref(),
+                true,
+            );
+        }
+    }
+    let deadline = Instant::now() + r.first_round_wait;
+    loop {
+        let waiting = r
+            .pods
+            .state()
+            .iter()
+            .filter(|p| {
+                p.labels().contains_key(crate::api::labels::FLEET)
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && loads.get(&LoadIndex::key(p)).is_none()
+            })
+            .count();
+        if waiting == 0 || Instant::now() >= deadline {
+            tracing::info!(
+                held,
+                unreported_servers = waiting,
+                "allocation view rebuilt"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[instrument(skip_all, fields(name = %m.name_any(), ns = m.namespace().unwrap_or_default()))]
 pub async fn reconcile(m: Arc<Match>, ctx: Arc<MatchContext>) -> Result<Action> {
-    let mut ready = ctx.ready.clone();
-    if !*ready.borrow() {
-        ready
-            .wait_for(|r| *r)
-            .await
-            .map_err(|_| Error::CacheNotReady)?;
+    if let Some(r) = &ctx.rebuild {
+        ctx.rebuilt
+            .get_or_init(|| rebuild(r, &ctx.loads, &ctx.view))
+            .await;
     }
     let timer = ctx
         .metrics

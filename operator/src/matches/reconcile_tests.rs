@@ -49,7 +49,6 @@ struct Fixture {
     ctx: Arc<MatchContext>,
     sessions: Arc<Sessions>,
     handle: ApiHandle,
-    _ready: watch::Sender<bool>,
 }
 
 fn pod(name: &str, host_ip: &str, port: u16) -> Pod {
@@ -104,7 +103,6 @@ fn fixture(servers: Vec<(&str, &str, u16, LoadReport)>, refuse: &[&str]) -> Fixt
         refuse: refuse.iter().map(|s| (*s).to_owned()).collect(),
         ..Default::default()
     });
-    let (ready_tx, ready) = watch::channel(true);
     let metrics = Arc::new(Metrics::default());
     let ctx = Arc::new(MatchContext {
         client,
@@ -118,13 +116,13 @@ fn fixture(servers: Vec<(&str, &str, u16, LoadReport)>, refuse: &[&str]) -> Fixt
         match_metrics: Arc::new(MatchMetrics::new(&metrics.registry)),
         metrics,
         settings: MatchSettings::default(),
-        ready,
+        rebuild: None,
+        rebuilt: Default::default(),
     });
     Fixture {
         ctx,
         sessions,
         handle,
-        _ready: ready_tx,
     }
 }
 
@@ -175,7 +173,6 @@ where
         ctx,
         sessions,
         handle,
-        _ready,
     } = fx;
     let server = tokio::spawn(api(handle));
     let result = reconcile(Arc::new(m), ctx.clone()).await;

@@ -16,7 +16,6 @@ use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use tokio::sync::watch;
 use tracing::info;
 
 use crate::api::{GameFleet, Match, labels};
@@ -26,7 +25,7 @@ use crate::matches::cluster::PodLoadSource;
 use crate::matches::consumer::{self, ConsumerConfig};
 use crate::matches::metrics::MatchMetrics;
 use crate::matches::publish::AllocationPublisher;
-use crate::matches::reconcile::{self, MatchContext, MatchSettings};
+use crate::matches::reconcile::{self, MatchContext, MatchSettings, Rebuild};
 use crate::matches::sessions::{HttpSessions, SessionControl};
 use crate::matches::view::AllocationView;
 use crate::metrics::Metrics;
@@ -104,7 +103,8 @@ where
     }
 }
 
-/// Runs until `shutdown` resolves.
+/// Runs until `shutdown` resolves. Call it once `pods` has its first full list (see
+/// [`store_ready`]): the first allocation reads it.
 pub async fn run(
     client: Client,
     config: MatchConfig,
@@ -142,16 +142,6 @@ pub async fn run(
         .0
         .push(tokio::spawn(fleet_stream.for_each(|_| async {})));
 
-    let (ready_tx, ready_rx) = watch::channel(false);
-    tasks.0.push(tokio::spawn(rebuild(
-        match_store.clone(),
-        pods.clone(),
-        loads.clone(),
-        view.clone(),
-        config.first_round_wait,
-        ready_tx,
-    )));
-
     let consumer_task = config.consumer.clone().map(|c| {
         let client = client.clone();
         let stop = shutdown.clone();
@@ -181,7 +171,12 @@ pub async fn run(
         metrics: config.metrics.clone(),
         match_metrics: match_metrics.clone(),
         settings: config.settings.clone(),
-        ready: ready_rx,
+        rebuild: Some(Rebuild {
+            matches: match_store.clone(),
+            pods: pods.clone(),
+            first_round_wait: config.first_round_wait,
+        }),
+        rebuilt: Default::default(),
     });
 
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
@@ -218,6 +213,24 @@ pub async fn run(
     Ok(())
 }
 
+/// Waits until a reflector store has its first full list; false if its writer is gone.
+///
+/// `Store::wait_until_ready` wakes only the last of several concurrent waiters (it polls
+/// one oneshot receiver from each), and the controller and the poller wait on these
+/// stores too: polling again every 50 ms sees the memoized readiness regardless.
+pub async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => continue,
+        }
+    }
+}
+
 /// Aborts its tasks when dropped.
 #[derive(Default)]
 struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
@@ -230,57 +243,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Rebuilds the allocation view before the first allocation: every Match holding a slot,
-/// then one load report from every running server (whose sessions may include matches
-/// allocated by a previous process that never wrote their status).
-async fn rebuild(
-    matches: Store<Match>,
-    pods: Store<Pod>,
-    loads: Arc<LoadIndex>,
-    view: Arc<AllocationView>,
-    first_round_wait: Duration,
-    ready: watch::Sender<bool>,
-) {
-    if matches.wait_until_ready().await.is_err() || pods.wait_until_ready().await.is_err() {
-        return;
-    }
-    let mut held = 0;
-    for m in matches.state() {
-        let status = m.status.clone().unwrap_or_default();
-        if status.phase.holds_slot() {
-            held += 1;
-            view.observe(
-                &m.namespace().unwrap_or_default(),
-                &m.name_any(),
-                status.game_server.as_deref(),
-                true,
-            );
-        }
-    }
-    let deadline = tokio::time::Instant::now() + first_round_wait;
-    loop {
-        let waiting = pods
-            .state()
-            .iter()
-            .filter(|p| {
-                p.labels().contains_key(labels::FLEET)
-                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
-                    && loads.get(&LoadIndex::key(p)).is_none()
-            })
-            .count();
-        if waiting == 0 || tokio::time::Instant::now() >= deadline {
-            info!(
-                held,
-                unreported_servers = waiting,
-                "allocation view rebuilt"
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let _ = ready.send(true);
-}
-
 /// Asks for a reconcile of every allocated Match whose server reports its session ended
 /// or its players in; keeps the pending gauge; forgets Matches that were deleted.
 async fn follow_reports(
@@ -291,7 +253,6 @@ async fn follow_reports(
     interval: Duration,
     trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<Match>>,
 ) {
-    let _ = matches.wait_until_ready().await;
     loop {
         tokio::time::sleep(interval).await;
         let live: HashSet<String> = matches
@@ -366,6 +327,8 @@ pub async fn run_standalone(
         concurrency: 128,
         trigger,
     };
+    // Nothing else waits on this store yet (see `store_ready`).
+    store_ready(&pod_store).await;
     tasks.0.push(tokio::spawn(poller.run()));
     run(client, config, pod_store, loads, shutdown).await
 }
