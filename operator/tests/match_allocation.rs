@@ -3,9 +3,9 @@
 //! ([`FakeServers`], 10 sessions each: 500 slots). 500 events, published in two bursts
 //! of 250, all end `Allocated`, no server ever over capacity, no match on two servers,
 //! although the operator is killed while allocating the first burst and a new one takes
-//! over. Then: a 501st match waits
-//! `Pending` (and counts as pending) until a session ends; ended matches go `Finished`
-//! and are deleted after the TTL.
+//! over. Then: a 501st match waits `Pending`, with its reason, until a session ends;
+//! players in make a match `Running`; ended matches go `Finished` and are deleted after
+//! the TTL.
 
 mod common;
 
