@@ -13,6 +13,10 @@ pub enum Error {
     Serialize(#[from] serde_json::Error),
     #[error("pod cache not ready")]
     CacheNotReady,
+    #[error("game server session: {0}")]
+    Session(#[from] crate::matches::sessions::SessionError),
+    #[error("publishing an allocation: {0}")]
+    Publish(String),
 }
 
 impl Error {
@@ -29,6 +33,8 @@ impl Error {
             Error::InvalidSpec(_) => "spec",
             Error::Serialize(_) => "serialize",
             Error::CacheNotReady => "cache",
+            Error::Session(_) => "session",
+            Error::Publish(_) => "publish",
         }
     }
 }

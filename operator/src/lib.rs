@@ -5,6 +5,7 @@
 //! - [`index`]: in-memory views the reconciler reads (load reports, expectations, ports);
 //! - [`control`]: the client of the game servers' control interface and the load poller;
 //! - [`reconcile`]: the GameFleet controller, pod building and status writing;
+//! - [`matches`]: Match allocation: the matchmaking consumer, the allocator and its reconciler;
 //! - [`leader`]: Lease-based leader election; [`metrics`]; [`runtime`] ties them together.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod index;
 pub mod leader;
+pub mod matches;
 pub mod metrics;
 pub mod reconcile;
 pub mod runtime;

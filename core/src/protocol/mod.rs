@@ -4,3 +4,4 @@
 pub mod auth;
 pub mod control;
 pub mod game;
+pub mod matchmaking;

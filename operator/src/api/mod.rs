@@ -1,12 +1,12 @@
 //! The custom resources, as Rust types. `crdgen` writes their CRDs to `crds/`.
-//!
-//! Issue 7 adds `Match` here: same group and version, same rules.
 
 pub mod gamefleet;
 pub mod labels;
+pub mod matches;
 pub mod schema;
 
 pub use gamefleet::{GameFleet, GameFleetSpec, GameFleetStatus};
+pub use matches::{Match, MatchPhase, MatchSpec, MatchStatus};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
@@ -16,5 +16,8 @@ pub const GROUP: &str = "tanks.dev";
 
 /// Every CRD, with the file name `crdgen` writes it to.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![("gamefleet.yaml", GameFleet::crd())]
+    vec![
+        ("gamefleet.yaml", GameFleet::crd()),
+        ("match.yaml", Match::crd()),
+    ]
 }

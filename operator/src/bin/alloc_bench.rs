@@ -1,0 +1,405 @@
+//! Allocation benchmark: matchmaking events published to RabbitMQ → endpoint in the
+//! Match status, against the real API server, with a fleet of game-server pods on a kwok
+//! node whose control interfaces are served in-process (`FakeServers`). In the same run,
+//! at the same concurrency, the API server's own ceiling for the same writes: create a
+//! `Match` and patch its status, nothing else (as `api-ceiling` does).
+//!
+//! `alloc-bench --servers 1000 --events 3000 --concurrency 32 --rate 0,300`
+//!
+//! `--rate 0` publishes every event at once (throughput: allocations per second from the
+//! first publish to the last endpoint); a positive rate publishes at that many events per
+//! second (latency at a load the system sustains).
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+use tanks_core::protocol::matchmaking::MatchRequest;
+use tanks_core::rabbit::Publisher;
+use tanks_operator::api::Match;
+use tanks_operator::index::LoadIndex;
+use tanks_operator::matches::consumer::ConsumerConfig;
+use tanks_operator::matches::fake_servers::FakeServers;
+use tanks_operator::matches::reconcile::MatchSettings;
+use tanks_operator::matches::runtime::{MatchConfig, run_standalone};
+
+#[derive(Parser, Debug)]
+#[command(about = "Match allocation rate and latency next to the API server's ceiling")]
+struct Args {
+    #[arg(long, default_value_t = 1000)]
+    servers: usize,
+    /// Sessions per server.
+    #[arg(long, default_value_t = 10)]
+    capacity: u32,
+    /// Events per measurement.
+    #[arg(long, default_value_t = 2000)]
+    events: usize,
+    /// Consumer prefetch = Match reconciles at once = ceiling clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: u16,
+    /// Events per second; 0 publishes them all at once. One measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "0,300")]
+    rate: Vec<u32>,
+    #[arg(
+        long,
+        env = "TANKS_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp: String,
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<std::path::PathBuf>,
+}
+
+fn kubeconfig_default() -> std::path::PathBuf {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/tmp".into());
+    home.join(".local/state/tanks-devenv/kubeconfig")
+}
+
+async fn client(path: &std::path::Path) -> anyhow::Result<Client> {
+    let raw = kube::config::Kubeconfig::read_from(path)?;
+    let config = kube::Config::from_custom_kubeconfig(raw, &Default::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos:x}", std::process::id())
+}
+
+async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
+    let name = unique(prefix);
+    let api: Api<Namespace> = Api::all(client.clone());
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+    )
+    .await?;
+    Ok(name)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e3
+}
+
+struct Row {
+    what: String,
+    count: usize,
+    secs: f64,
+    p50: f64,
+    p99: f64,
+}
+
+impl Row {
+    fn print(&self) {
+        println!(
+            "{},{},{:.2},{:.0},{:.1},{:.1}",
+            self.what,
+            self.count,
+            self.secs,
+            self.count as f64 / self.secs,
+            self.p50,
+            self.p99
+        );
+    }
+}
+
+/// The API server alone: create a Match and patch its status, `concurrency` at once.
+async fn ceiling(client: &Client, concurrency: usize, count: usize) -> anyhow::Result<Row> {
+    let ns = namespace(client, "alloc-ceiling").await?;
+    let api: Api<Match> = Api::namespaced(client.clone(), &ns);
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (api, next) = (api.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let name = format!("c-{i}");
+                let players: Vec<String> = (0..2).map(|p| format!("p{i}-{p}")).collect();
+                let m: Match = serde_json::from_value(json!({
+                    "apiVersion": "tanks.dev/v1alpha1", "kind": "Match",
+                    "metadata": {"name": name},
+                    "spec": {"fleet": "tanks", "players": players, "sourceEventId": name},
+                }))?;
+                let t = Instant::now();
+                api.create(&PostParams::default(), &m).await?;
+                let status = json!({"apiVersion": "tanks.dev/v1alpha1", "kind": "Match", "status": {
+                    "phase": "Allocated", "gameServer": "tanks-0001", "sessionId": format!("session-{i}"),
+                    "endpoint": {"address": "127.0.0.2", "port": 7001, "protocol": "UDP"},
+                    "allocatedAt": "2026-01-01T00:00:00Z",
+                }});
+                api.patch_status(&name, &PatchParams::apply("alloc-bench").force(), &Patch::Apply(&status))
+                    .await?;
+                latencies.push(t.elapsed());
+            }
+            anyhow::Ok(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for w in workers {
+        latencies.extend(w.await??);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns, &DeleteParams::background()).await?;
+    Ok(Row {
+        what: format!("api-ceiling c={concurrency}"),
+        count: latencies.len(),
+        secs,
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+/// Publishes `events` matchmaking events (at `rate`/s, or at once) and times each until
+/// its Match shows an endpoint.
+async fn allocations(
+    client: &Client,
+    ns: &str,
+    publisher: &Publisher,
+    queue: &str,
+    round: usize,
+    events: usize,
+    rate: u32,
+) -> anyhow::Result<Row> {
+    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let api: Api<Match> = Api::namespaced(client.clone(), ns);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let watch = tokio::spawn({
+        let api = api.clone();
+        async move {
+            let mut stream = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .applied_objects()
+                .boxed();
+            while let Some(Ok(m)) = stream.next().await {
+                if m.status
+                    .as_ref()
+                    .and_then(|s| s.endpoint.as_ref())
+                    .is_some()
+                {
+                    let _ = done_tx.send((m.name_any(), Instant::now()));
+                }
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let prefix = format!("r{round}-");
+    let started = Instant::now();
+    for i in 0..events {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let id = format!("{prefix}{i:06}");
+        let event = MatchRequest::new(id.clone(), vec![format!("{id}-a"), format!("{id}-b")]);
+        published.lock().unwrap().insert(id, Instant::now());
+        publisher.publish_json(queue, &event).await?;
+    }
+    let mut latencies = Vec::with_capacity(events);
+    let mut seen = std::collections::HashSet::new();
+    let mut last = started;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen.len() < events {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some((name, at))) = tokio::time::timeout(left, done_rx.recv()).await else {
+            anyhow::bail!("only {} of {events} allocated", seen.len());
+        };
+        if !name.starts_with(&prefix) || !seen.insert(name.clone()) {
+            continue;
+        }
+        let sent = published.lock().unwrap()[&name];
+        latencies.push(at.saturating_duration_since(sent));
+        last = last.max(at);
+    }
+    watch.abort();
+    latencies.sort();
+    Ok(Row {
+        what: if rate == 0 {
+            "allocation burst".to_owned()
+        } else {
+            format!("allocation at {rate}/s")
+        },
+        count: events,
+        secs: last.duration_since(started).as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let client = client(&args.kubeconfig.clone().unwrap_or_else(kubeconfig_default)).await?;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.patch(
+        Match::crd_name(),
+        &PatchParams::apply("alloc-bench").force(),
+        &Patch::Apply(Match::crd()),
+    )
+    .await?;
+
+    // The fleet: pods on a kwok node, their control interfaces in-process.
+    let ns = namespace(&client, "alloc-bench").await?;
+    let node = format!("{ns}-node");
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods_per_node = (args.servers + 10).to_string();
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": node, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+                "spec": {"taints": [{"key": "tanks.dev/bench", "value": "alloc", "effect": "NoSchedule"}]},
+                "status": {"allocatable": {"cpu": "1000", "memory": "1Ti", "pods": pods_per_node},
+                           "capacity": {"cpu": "1000", "memory": "1Ti", "pods": pods_per_node}},
+            }))?,
+        )
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let t = Instant::now();
+    let results: Vec<_> = futures::stream::iter(0..args.servers)
+        .map(|i| {
+            let pods = pods.clone();
+            let node = node.clone();
+            async move {
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": format!("tanks-{i:05}"), "labels": {"tanks.dev/fleet": "tanks"},
+                                 "annotations": {"tanks.dev/game-port": (7000 + i % 2000).to_string()}},
+                    "spec": {"nodeName": node, "tolerations": [{"key": "tanks.dev/bench", "operator": "Exists"}],
+                             "containers": [{"name": "game", "image": "tanks/gameserver"}]},
+                }))?;
+                pods.create(&PostParams::default(), &pod).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    loop {
+        let running = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        if running == args.servers {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "{} servers Running in {:.1}s",
+        args.servers,
+        t.elapsed().as_secs_f64()
+    );
+
+    let fake = FakeServers::start(args.capacity).await?;
+    let queue = unique("bench-matchmaking-events");
+    let publisher = Publisher::connect(&args.amqp).await?;
+    publisher.declare(&queue).await?;
+    let loads = Arc::new(LoadIndex::default());
+    let config = MatchConfig {
+        namespace: Some(ns.clone()),
+        concurrency: args.concurrency,
+        settings: MatchSettings {
+            pending_timeout: Duration::from_secs(600),
+            ..Default::default()
+        },
+        consumer: Some(ConsumerConfig {
+            amqp_uri: args.amqp.clone(),
+            queue: queue.clone(),
+            namespace: ns.clone(),
+            prefetch: args.concurrency,
+            default_fleet: Some("tanks".into()),
+            ..Default::default()
+        }),
+        resolver: fake.resolver(),
+        ..Default::default()
+    };
+    let operator = tokio::spawn({
+        let (client, loads) = (client.clone(), loads.clone());
+        async move {
+            run_standalone(
+                client,
+                config,
+                loads,
+                Duration::from_secs(2),
+                std::future::pending(),
+            )
+            .await
+        }
+    });
+    // Ready when every server has reported once.
+    let keys: Vec<String> = (0..args.servers)
+        .map(|i| format!("{ns}/tanks-{i:05}"))
+        .collect();
+    while keys
+        .iter()
+        .any(|k| loads.get(k).and_then(|e| e.report).is_none())
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("every server reported; measuring");
+
+    println!("what,count,seconds,per_second,p50_ms,p99_ms");
+    for (round, &rate) in args.rate.iter().enumerate() {
+        let ceiling = ceiling(&client, args.concurrency as usize, args.events).await?;
+        ceiling.print();
+        let row = allocations(&client, &ns, &publisher, &queue, round, args.events, rate).await?;
+        row.print();
+        println!(
+            "ratio,{:.2}",
+            (row.count as f64 / row.secs) / (ceiling.count as f64 / ceiling.secs)
+        );
+    }
+    let over = fake.peak_over_capacity();
+    let doubled = fake.doubly_placed();
+    eprintln!(
+        "servers over capacity: {}; matches on two servers: {}",
+        over.len(),
+        doubled.len()
+    );
+
+    operator.abort();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(&ns, &DeleteParams::background()).await?;
+    nodes.delete(&node, &DeleteParams::background()).await?;
+    let _ = publisher
+        .channel()
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = publisher
+        .channel()
+        .queue_delete(format!("{queue}.dead").as_str().into(), Default::default())
+        .await;
+    Ok(())
+}

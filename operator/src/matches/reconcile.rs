@@ -1,0 +1,514 @@
+//! The Match controller. One reconcile per Match, by phase:
+//!
+//! - `Pending`: reserve a slot in the [`AllocationView`], ask that game server for the
+//!   session, publish the result for the matchmaker, write `Allocated` with the endpoint.
+//!   No room: stay `Pending` (counted for fleet scaling) and look again shortly; `Failed`
+//!   once `pendingTimeout` has passed.
+//! - `Allocated` / `Running`: follow the server's load report: `Running` once players are
+//!   in, `Finished` once it lists the session as ended (the slot returns), `Failed` when
+//!   the server is gone.
+//! - `Finished` / `Failed`: deleted after the TTL.
+//!
+//! One status write per transition (server-side apply of the whole status): an
+//! allocation costs the API server exactly the create (by the consumer) and this patch.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tanks_core::protocol::control::CreateSession;
+use tanks_core::protocol::matchmaking::{Endpoint, MATCH_ALLOCATED, MatchAllocated};
+use tracing::{instrument, warn};
+
+use crate::api::gamefleet::Scheduling;
+use crate::api::matches::{MatchEndpoint, MatchPhase, MatchStatus};
+use crate::api::{GameFleet, Match};
+use crate::control::EndpointResolver;
+use crate::domain::allocation::Strategy;
+use crate::error::{Error, Result};
+use crate::index::LoadIndex;
+use crate::matches::metrics::MatchMetrics;
+use crate::matches::publish::AllocationPublisher;
+use crate::matches::sessions::{SessionControl, SessionError, endpoint_of};
+use crate::matches::view::AllocationView;
+use crate::metrics::Metrics;
+
+/// Field manager of Match status writes.
+pub const MANAGER: &str = "tanks-operator-match";
+const KIND: &str = "Match";
+/// Servers tried in one reconcile before waiting (each refusal marks one server).
+const MAX_TRIES: usize = 5;
+
+#[derive(Debug, Clone)]
+pub struct MatchSettings {
+    /// A match still without a server after this long fails.
+    pub pending_timeout: Duration,
+    /// How often a pending match looks for room again.
+    pub pending_retry: Duration,
+    /// Finished and Failed matches are deleted after this long.
+    pub finished_ttl: Duration,
+    /// How often an allocated match is checked besides the load-report triggers.
+    pub resync: Duration,
+    /// A report this much newer than the allocation that lists the session neither live
+    /// nor finished means the server lost it (a restart).
+    pub vanish_grace: Duration,
+    /// For fleets that cannot be read.
+    pub default_strategy: Strategy,
+}
+
+impl Default for MatchSettings {
+    fn default() -> Self {
+        MatchSettings {
+            pending_timeout: Duration::from_secs(300),
+            pending_retry: Duration::from_secs(1),
+            finished_ttl: Duration::from_secs(300),
+            resync: Duration::from_secs(60),
+            vanish_grace: Duration::from_secs(10),
+            default_strategy: Strategy::Packed,
+        }
+    }
+}
+
+pub struct MatchContext {
+    pub client: Client,
+    pub pods: Store<Pod>,
+    pub fleets: Store<GameFleet>,
+    pub loads: Arc<LoadIndex>,
+    pub view: Arc<AllocationView>,
+    pub sessions: Arc<dyn SessionControl>,
+    pub resolver: EndpointResolver,
+    pub publisher: Option<AllocationPublisher>,
+    pub metrics: Arc<Metrics>,
+    pub match_metrics: Arc<MatchMetrics>,
+    pub settings: MatchSettings,
+    /// Rebuilds the view from the API server before the first decision (see
+    /// [`AllocationView`]); `None` in unit tests.
+    pub rebuild: Option<Rebuild>,
+    pub rebuilt: tokio::sync::OnceCell<()>,
+}
+
+/// What the view is rebuilt from. The first reconcile runs it: the controller starts
+/// reconciling only once its Match cache is complete, and the caller starts the
+/// controller only once the pod cache is.
+pub struct Rebuild {
+    pub matches: Store<Match>,
+    pub pods: Store<Pod>,
+    /// Longest wait for the first load report of every running server.
+    pub first_round_wait: Duration,
+}
+
+async fn rebuild(r: &Rebuild, loads: &LoadIndex, view: &AllocationView) {
+    let mut held = 0;
+    for m in r.matches.state() {
+        let status = m.status.clone().unwrap_or_default();
+        if status.phase.holds_slot() {
+            held += 1;
+            view.observe(
+                &m.namespace().unwrap_or_default(),
+                &m.name_any(),
+                status.game_server.as_deref(),
+                true,
+            );
+        }
+    }
+    let deadline = Instant::now() + r.first_round_wait;
+    loop {
+        let waiting = r
+            .pods
+            .state()
+            .iter()
+            .filter(|p| {
+                p.labels().contains_key(crate::api::labels::FLEET)
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    && loads.get(&LoadIndex::key(p)).is_none()
+            })
+            .count();
+        if waiting == 0 || Instant::now() >= deadline {
+            tracing::info!(
+                held,
+                unreported_servers = waiting,
+                "allocation view rebuilt"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[instrument(skip_all, fields(name = %m.name_any(), ns = m.namespace().unwrap_or_default()))]
+pub async fn reconcile(m: Arc<Match>, ctx: Arc<MatchContext>) -> Result<Action> {
+    if let Some(r) = &ctx.rebuild {
+        ctx.rebuilt
+            .get_or_init(|| rebuild(r, &ctx.loads, &ctx.view))
+            .await;
+    }
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&[KIND])
+        .start_timer();
+    let result = match m.phase() {
+        MatchPhase::Pending => allocate(&m, &ctx).await,
+        MatchPhase::Allocated | MatchPhase::Running => follow(&m, &ctx).await,
+        MatchPhase::Finished | MatchPhase::Failed => expire(&m, &ctx).await,
+    };
+    timer.observe_duration();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics
+        .reconciles
+        .with_label_values(&[KIND, outcome])
+        .inc();
+    result
+}
+
+pub fn error_policy(m: Arc<Match>, error: &Error, ctx: Arc<MatchContext>) -> Action {
+    warn!(name = %m.name_any(), kind = error.kind(), %error, "match reconcile failed");
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[KIND, error.kind()])
+        .inc();
+    Action::requeue(ctx.settings.pending_retry)
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+fn age(m: &Match) -> Duration {
+    since(m.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+fn since(t: Option<Timestamp>) -> Duration {
+    t.and_then(|t| Duration::try_from(now().duration_since(t)).ok())
+        .unwrap_or_default()
+}
+
+fn parse_time(s: Option<&String>) -> Option<Timestamp> {
+    s.and_then(|s| s.parse().ok())
+}
+
+fn strategy(m: &Match, ctx: &MatchContext) -> Strategy {
+    let r = ObjectRef::<GameFleet>::new(&m.spec.fleet).within(&m.namespace().unwrap_or_default());
+    match ctx.fleets.get(&r).map(|f| f.spec.scheduling) {
+        Some(Scheduling::Packed) => Strategy::Packed,
+        Some(Scheduling::Distributed) => Strategy::Distributed,
+        None => ctx.settings.default_strategy,
+    }
+}
+
+fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time: Time(now()),
+    }
+}
+
+async fn write_status(m: &Match, ctx: &MatchContext, status: &MatchStatus) -> Result<()> {
+    let api: Api<Match> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    let patch = json!({
+        "apiVersion": "tanks.dev/v1alpha1",
+        "kind": KIND,
+        "status": status,
+    });
+    api.patch_status(
+        &m.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
+    let ns = m.namespace().unwrap_or_default();
+    let name = m.name_any();
+    let settings = &ctx.settings;
+    let waited = age(m);
+    if waited >= settings.pending_timeout {
+        ctx.view.release(&ns, &name);
+        let reason = format!(
+            "no game server of fleet {} had room within {}s",
+            m.spec.fleet,
+            settings.pending_timeout.as_secs()
+        );
+        return fail(m, ctx, "AllocationTimeout", &reason).await;
+    }
+    let strategy = strategy(m, ctx);
+    for _ in 0..MAX_TRIES {
+        let started = Instant::now();
+        let Some(reserved) = ctx.view.reserve(&ns, &name, &m.spec.fleet, strategy) else {
+            ctx.match_metrics
+                .allocations
+                .with_label_values(&["no_capacity"])
+                .inc();
+            return wait_for_room(m, ctx, waited).await;
+        };
+        let server_key = reserved.server().to_owned();
+        let server = server_key
+            .split_once('/')
+            .map_or(server_key.as_str(), |(_, n)| n)
+            .to_owned();
+        let pod = ctx.pods.get(&ObjectRef::new(&server).within(&ns));
+        let target = pod
+            .as_deref()
+            .and_then(|p| Some(((ctx.resolver)(p)?, endpoint_of(p)?)));
+        let Some((base, (address, port))) = target else {
+            ctx.view.release(&ns, &name);
+            ctx.view.refused(&server_key);
+            continue;
+        };
+        let request = CreateSession {
+            match_id: name.clone(),
+            players: m.spec.players.clone(),
+            map: m.spec.map.clone(),
+            mode: m.spec.mode.clone(),
+        };
+        let created = match ctx.sessions.create(&base, &request).await {
+            Ok(created) => created,
+            Err(SessionError::Refused(why, message)) => {
+                tracing::debug!(%server, %why, %message, "server refused the session; trying another");
+                ctx.match_metrics
+                    .allocations
+                    .with_label_values(&["refused"])
+                    .inc();
+                ctx.view.release(&ns, &name);
+                ctx.view.refused(&server_key);
+                continue;
+            }
+            Err(e) => {
+                ctx.match_metrics
+                    .allocations
+                    .with_label_values(&["error"])
+                    .inc();
+                ctx.view.release(&ns, &name);
+                ctx.view.refused(&server_key);
+                return Err(Error::Session(e));
+            }
+        };
+        let endpoint = MatchEndpoint {
+            address,
+            port: i32::from(port),
+            protocol: "UDP".into(),
+        };
+        if let Some(publisher) = &ctx.publisher {
+            let message = MatchAllocated {
+                event_type: MATCH_ALLOCATED.into(),
+                event_id: m.spec.source_event_id.clone(),
+                match_id: m.spec.match_id.clone(),
+                namespace: ns.clone(),
+                name: name.clone(),
+                endpoint: Endpoint {
+                    address: endpoint.address.clone(),
+                    port,
+                    protocol: endpoint.protocol.clone(),
+                },
+                session_id: created.session_id.clone(),
+                game_server: server.clone(),
+                players: m.spec.players.clone(),
+            };
+            // Before the status: a failure here retries the whole step (the slot and the
+            // session stay), so the matchmaker hears of every allocation at least once.
+            publisher
+                .publish(&message)
+                .await
+                .map_err(|e| Error::Publish(e.to_string()))?;
+        }
+        let status = MatchStatus {
+            phase: MatchPhase::Allocated,
+            game_server: Some(server.clone()),
+            endpoint: Some(endpoint),
+            session_id: Some(created.session_id),
+            allocated_at: Some(now().to_string()),
+            observed_generation: m.metadata.generation,
+            conditions: vec![condition(
+                "Allocated",
+                true,
+                "SessionCreated",
+                &format!("session on {server}"),
+                m.metadata.generation,
+            )],
+            ..Default::default()
+        };
+        write_status(m, ctx, &status).await?;
+        ctx.match_metrics
+            .allocations
+            .with_label_values(&["allocated"])
+            .inc();
+        ctx.match_metrics
+            .allocation_duration
+            .observe(started.elapsed().as_secs_f64());
+        return Ok(Action::requeue(settings.resync));
+    }
+    wait_for_room(m, ctx, waited).await
+}
+
+/// No server has room: say so once in the status, look again shortly.
+async fn wait_for_room(m: &Match, ctx: &MatchContext, waited: Duration) -> Result<Action> {
+    let reason = format!(
+        "waiting for a game server of fleet {} with room",
+        m.spec.fleet
+    );
+    let current = m.status.as_ref().and_then(|s| s.reason.as_deref());
+    if current != Some(reason.as_str()) {
+        let status = MatchStatus {
+            phase: MatchPhase::Pending,
+            reason: Some(reason.clone()),
+            observed_generation: m.metadata.generation,
+            conditions: vec![condition(
+                "Allocated",
+                false,
+                "NoCapacity",
+                &reason,
+                m.metadata.generation,
+            )],
+            ..Default::default()
+        };
+        write_status(m, ctx, &status).await?;
+    }
+    let left = ctx.settings.pending_timeout.saturating_sub(waited);
+    Ok(Action::requeue(
+        ctx.settings
+            .pending_retry
+            .min(left)
+            .max(Duration::from_millis(50)),
+    ))
+}
+
+async fn fail(m: &Match, ctx: &MatchContext, reason_kind: &str, reason: &str) -> Result<Action> {
+    let mut status = m.status.clone().unwrap_or_default();
+    status.phase = MatchPhase::Failed;
+    status.reason = Some(reason.to_owned());
+    status.finished_at = Some(now().to_string());
+    status.observed_generation = m.metadata.generation;
+    status.conditions = vec![condition(
+        "Allocated",
+        false,
+        reason_kind,
+        reason,
+        m.metadata.generation,
+    )];
+    write_status(m, ctx, &status).await?;
+    ctx.match_metrics
+        .ended
+        .with_label_values(&["Failed", reason_kind])
+        .inc();
+    Ok(Action::requeue(ctx.settings.finished_ttl))
+}
+
+/// An allocated match: follows its session through the server's load reports.
+async fn follow(m: &Match, ctx: &MatchContext) -> Result<Action> {
+    let ns = m.namespace().unwrap_or_default();
+    let name = m.name_any();
+    let status = m.status.clone().unwrap_or_default();
+    let Some(server) = status.game_server.clone() else {
+        return fail(m, ctx, "NoGameServer", "allocated without a game server").await;
+    };
+    ctx.view.observe(&ns, &name, Some(&server), true);
+    let pod = ctx.pods.get(&ObjectRef::new(&server).within(&ns));
+    if pod.is_none_or(|p| p.metadata.deletion_timestamp.is_some()) {
+        ctx.view.release(&ns, &name);
+        return fail(
+            m,
+            ctx,
+            "GameServerLost",
+            &format!("game server {server} is gone"),
+        )
+        .await;
+    }
+    let entry = ctx.loads.get(&format!("{ns}/{server}")).unwrap_or_default();
+    let Some(report) = entry.report else {
+        return Ok(Action::requeue(ctx.settings.resync));
+    };
+    if let Some(done) = report.finished.iter().find(|f| f.match_id == name) {
+        ctx.view.release(&ns, &name);
+        let mut next = status;
+        next.phase = MatchPhase::Finished;
+        next.reason = Some(format!("session ended: {}", done.reason));
+        next.finished_at = Some(now().to_string());
+        next.conditions = vec![condition(
+            "Finished",
+            true,
+            "SessionEnded",
+            &done.reason,
+            m.metadata.generation,
+        )];
+        write_status(m, ctx, &next).await?;
+        ctx.match_metrics
+            .ended
+            .with_label_values(&["Finished", "SessionEnded"])
+            .inc();
+        return Ok(Action::requeue(ctx.settings.finished_ttl));
+    }
+    match report.matches.iter().find(|s| s.match_id == name) {
+        Some(live) if live.players > 0 && status.phase == MatchPhase::Allocated => {
+            let mut next = status;
+            next.phase = MatchPhase::Running;
+            next.running_at = Some(now().to_string());
+            write_status(m, ctx, &next).await?;
+        }
+        Some(_) => {}
+        None => {
+            // Neither live nor ended in a report taken well after the allocation: the
+            // server lost the session (it restarted).
+            let allocated_for = since(parse_time(status.allocated_at.as_ref()));
+            let report_age = entry.last_ok.map_or(Duration::MAX, |t| t.elapsed());
+            if report_age.saturating_add(ctx.settings.vanish_grace) < allocated_for {
+                ctx.view.release(&ns, &name);
+                return fail(
+                    m,
+                    ctx,
+                    "SessionLost",
+                    &format!("game server {server} no longer has the session"),
+                )
+                .await;
+            }
+        }
+    }
+    Ok(Action::requeue(ctx.settings.resync))
+}
+
+/// A finished or failed match: gone after the TTL.
+async fn expire(m: &Match, ctx: &MatchContext) -> Result<Action> {
+    let ns = m.namespace().unwrap_or_default();
+    let name = m.name_any();
+    ctx.view.release(&ns, &name);
+    let ended = m
+        .status
+        .as_ref()
+        .and_then(|s| parse_time(s.finished_at.as_ref()));
+    let done_for = match ended {
+        Some(t) => since(Some(t)),
+        None => age(m),
+    };
+    if done_for < ctx.settings.finished_ttl {
+        return Ok(Action::requeue(ctx.settings.finished_ttl - done_for));
+    }
+    let api: Api<Match> = Api::namespaced(ctx.client.clone(), &ns);
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(Action::await_change())
+}
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

@@ -1,0 +1,450 @@
+//! The allocation view: which match holds (or has been promised) which session slot.
+//!
+//! Allocation decisions run concurrently (one per Match reconcile) while the API server
+//! and the game servers' load reports lag behind. The view closes that gap: a slot is
+//! reserved here, under one lock, *before* the game server is asked for the session, so
+//! two reconciles never both take a server's last slot, and a server's slots in use are
+//!
+//! `sessions not made for matches + |matches assigned here ∪ matches its report lists live|`
+//!
+//! (the union: a reservation counts before the report shows it, a report counts a
+//! session the view does not know yet).
+//!
+//! # Across a restart
+//! The view is rebuilt before the first allocation: every Match whose status names a game
+//! server (`Allocated`, `Running`) is assigned again from the Match cache, and the
+//! operator waits for one round of load reports. A Match the previous process allocated
+//! on a server but whose status it never wrote is still `Pending`, and that server's
+//! report lists its session: [`AllocationView::reserve`] adopts that server (the session
+//! call is idempotent on the match id), so it is never allocated twice.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::domain::allocation::{self, Slotted, Strategy};
+
+/// One game server as the load reports show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// `namespace/pod`.
+    pub key: String,
+    pub name: String,
+    pub ready: bool,
+    pub draining: bool,
+    pub capacity: u32,
+    /// Sessions not created for a Match (counted, never matched by name).
+    pub other_sessions: u32,
+    /// Live match sessions by match id (the Match name), with their players.
+    pub live: HashMap<String, u32>,
+    /// Match sessions the server reports ended.
+    pub finished: HashSet<String>,
+}
+
+/// Where the view learns about servers: the pod cache and load reports in the operator,
+/// plain data in tests.
+pub trait ServerSource: Send + Sync {
+    fn servers(&self, namespace: &str, fleet: &str) -> Vec<ServerInfo>;
+}
+
+#[derive(Debug)]
+struct Snapshot {
+    at: Instant,
+    servers: Vec<ServerInfo>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Match key (`namespace/name`) → server key.
+    assigned: HashMap<String, String>,
+    /// Server key → names of the matches assigned to it.
+    on_server: HashMap<String, HashSet<String>>,
+    /// Fleet key → Matches waiting for room.
+    pending: HashMap<String, HashSet<String>>,
+    /// Fleet key → servers as last read.
+    snapshots: HashMap<String, Snapshot>,
+    /// Servers that refused a session (full, draining): skipped until then.
+    refused_until: HashMap<String, Instant>,
+}
+
+/// The result of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// A slot on this server is now held for the match.
+    New(String),
+    /// The match already held a slot there (an earlier attempt, or adopted from the
+    /// server's report after a restart).
+    Existing(String),
+}
+
+impl Reserved {
+    pub fn server(&self) -> &str {
+        match self {
+            Reserved::New(s) | Reserved::Existing(s) => s,
+        }
+    }
+}
+
+pub struct AllocationView {
+    inner: Mutex<Inner>,
+    source: Box<dyn ServerSource>,
+    /// How old a fleet's server list may be before it is read again.
+    refresh: Duration,
+    /// How long a server that refused a session is skipped.
+    refusal_hold: Duration,
+}
+
+fn key(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+impl AllocationView {
+    pub fn new(source: Box<dyn ServerSource>, refresh: Duration, refusal_hold: Duration) -> Self {
+        AllocationView {
+            inner: Mutex::default(),
+            source,
+            refresh,
+            refusal_hold,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("allocation view lock")
+    }
+
+    /// Holds a slot for `namespace/name` on a server of `fleet`, or `None` when no server
+    /// has room (the match is then counted as pending for the fleet).
+    pub fn reserve(
+        &self,
+        namespace: &str,
+        name: &str,
+        fleet: &str,
+        strategy: Strategy,
+    ) -> Option<Reserved> {
+        let match_key = key(namespace, name);
+        let fleet_key = key(namespace, fleet);
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if let Some(server) = inner.assigned.get(&match_key) {
+            return Some(Reserved::Existing(server.clone()));
+        }
+        let stale = inner
+            .snapshots
+            .get(&fleet_key)
+            .is_none_or(|s| now.duration_since(s.at) >= self.refresh);
+        if stale {
+            let servers = self.source.servers(namespace, fleet);
+            inner
+                .snapshots
+                .insert(fleet_key.clone(), Snapshot { at: now, servers });
+        }
+        inner.refused_until.retain(|_, until| *until > now);
+        let inner = &mut *inner;
+        let servers = &inner.snapshots[&fleet_key].servers;
+
+        // A server already hosting this match (allocated by a previous process): adopt it.
+        if let Some(s) = servers.iter().find(|s| s.live.contains_key(name)) {
+            let server = s.key.clone();
+            assign(inner, &match_key, name, &server);
+            remove_pending(inner, &fleet_key, &match_key);
+            return Some(Reserved::Existing(server));
+        }
+
+        let slotted: Vec<Slotted> = servers
+            .iter()
+            .map(|s| Slotted {
+                name: s.name.clone(),
+                ready: s.ready,
+                draining: s.draining || inner.refused_until.contains_key(&s.key),
+                capacity: s.capacity,
+                used: used(s, inner.on_server.get(&s.key)),
+            })
+            .collect();
+        match allocation::pick(&slotted, strategy) {
+            Some(i) => {
+                let server = servers[i].key.clone();
+                assign(inner, &match_key, name, &server);
+                remove_pending(inner, &fleet_key, &match_key);
+                Some(Reserved::New(server))
+            }
+            None => {
+                inner
+                    .pending
+                    .entry(fleet_key)
+                    .or_default()
+                    .insert(match_key);
+                None
+            }
+        }
+    }
+
+    /// Gives the match's slot back (the session call failed, the match ended or is gone).
+    pub fn release(&self, namespace: &str, name: &str) {
+        let match_key = key(namespace, name);
+        let mut inner = self.lock();
+        if let Some(server) = inner.assigned.remove(&match_key)
+            && let Some(set) = inner.on_server.get_mut(&server)
+        {
+            set.remove(name);
+            if set.is_empty() {
+                inner.on_server.remove(&server);
+            }
+        }
+        for set in inner.pending.values_mut() {
+            set.remove(&match_key);
+        }
+    }
+
+    /// A server refused a session: skip it for a while, whatever its last report said.
+    pub fn refused(&self, server: &str) {
+        let until = Instant::now() + self.refusal_hold;
+        self.lock().refused_until.insert(server.to_owned(), until);
+    }
+
+    /// Records what a Match's status says: a slot held on its server (rebuild after a
+    /// restart, or a status written by another replica), or none when it is over.
+    pub fn observe(&self, namespace: &str, name: &str, server: Option<&str>, holds_slot: bool) {
+        if let (true, Some(server)) = (holds_slot, server) {
+            let server_key = key(namespace, server);
+            let mut inner = self.lock();
+            let match_key = key(namespace, name);
+            if inner.assigned.get(&match_key) != Some(&server_key) {
+                if let Some(old) = inner.assigned.get(&match_key).cloned()
+                    && let Some(set) = inner.on_server.get_mut(&old)
+                {
+                    set.remove(name);
+                }
+                assign(&mut inner, &match_key, name, &server_key);
+            }
+            for set in inner.pending.values_mut() {
+                set.remove(&match_key);
+            }
+        } else if !holds_slot && server.is_some() {
+            self.release(namespace, name);
+        }
+    }
+
+    /// Forgets matches that no longer exist (deleted while holding a slot: their
+    /// sessions still count through the servers' reports until they end).
+    pub fn retain(&self, live: &HashSet<String>) {
+        let mut inner = self.lock();
+        let gone: Vec<(String, String)> = inner
+            .assigned
+            .iter()
+            .filter(|(m, _)| !live.contains(*m))
+            .map(|(m, s)| (m.clone(), s.clone()))
+            .collect();
+        for (m, s) in gone {
+            inner.assigned.remove(&m);
+            let name = m.split_once('/').map(|(_, n)| n).unwrap_or(&m);
+            if let Some(set) = inner.on_server.get_mut(&s) {
+                set.remove(name);
+            }
+        }
+        inner.on_server.retain(|_, set| !set.is_empty());
+        for set in inner.pending.values_mut() {
+            set.retain(|m| live.contains(m));
+        }
+        inner.pending.retain(|_, set| !set.is_empty());
+    }
+
+    /// Matches of `namespace/fleet` waiting for room: what fleet scaling adds to demand.
+    pub fn pending(&self, namespace: &str, fleet: &str) -> u32 {
+        self.lock()
+            .pending
+            .get(&key(namespace, fleet))
+            .map_or(0, |s| s.len() as u32)
+    }
+
+    /// Pending counts of every fleet with any.
+    pub fn pending_by_fleet(&self) -> Vec<(String, u32)> {
+        self.lock()
+            .pending
+            .iter()
+            .map(|(f, s)| (f.clone(), s.len() as u32))
+            .collect()
+    }
+
+    /// Every match holding a slot, with its server key.
+    pub fn assignments(&self) -> Vec<(String, String)> {
+        self.lock()
+            .assigned
+            .iter()
+            .map(|(m, s)| (m.clone(), s.clone()))
+            .collect()
+    }
+
+    /// Slots in use on a server, as the next reservation would count them.
+    pub fn used(&self, namespace: &str, fleet: &str, server: &str) -> Option<u32> {
+        let inner = self.lock();
+        let snapshot = inner.snapshots.get(&key(namespace, fleet))?;
+        let s = snapshot.servers.iter().find(|s| s.key == server)?;
+        Some(used(s, inner.on_server.get(server)))
+    }
+}
+
+fn assign(inner: &mut Inner, match_key: &str, name: &str, server: &str) {
+    inner
+        .assigned
+        .insert(match_key.to_owned(), server.to_owned());
+    inner
+        .on_server
+        .entry(server.to_owned())
+        .or_default()
+        .insert(name.to_owned());
+}
+
+fn remove_pending(inner: &mut Inner, fleet_key: &str, match_key: &str) {
+    if let Some(set) = inner.pending.get_mut(fleet_key) {
+        set.remove(match_key);
+        if set.is_empty() {
+            inner.pending.remove(fleet_key);
+        }
+    }
+}
+
+fn used(server: &ServerInfo, assigned: Option<&HashSet<String>>) -> u32 {
+    let reported = server
+        .live
+        .keys()
+        .filter(|m| !server.finished.contains(*m) && assigned.is_none_or(|a| !a.contains(*m)))
+        .count() as u32;
+    server.other_sessions + reported + assigned.map_or(0, |a| a.len() as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[derive(Default, Clone)]
+    struct Fixed(Arc<Mutex<Vec<ServerInfo>>>);
+
+    impl ServerSource for Fixed {
+        fn servers(&self, _: &str, _: &str) -> Vec<ServerInfo> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    fn server(name: &str, capacity: u32) -> ServerInfo {
+        ServerInfo {
+            key: format!("ns/{name}"),
+            name: name.into(),
+            ready: true,
+            capacity,
+            ..Default::default()
+        }
+    }
+
+    fn view(servers: Vec<ServerInfo>) -> (AllocationView, Fixed) {
+        let source = Fixed(Arc::new(Mutex::new(servers)));
+        let view = AllocationView::new(
+            Box::new(source.clone()),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        );
+        (view, source)
+    }
+
+    #[test]
+    fn reservations_never_exceed_capacity_and_count_as_pending_when_full() {
+        let (v, _) = view(vec![server("a", 2), server("b", 1)]);
+        let got: Vec<_> = (0..4)
+            .map(|i| v.reserve("ns", &format!("m{i}"), "f", Strategy::Packed))
+            .collect();
+        assert_eq!(got[0], Some(Reserved::New("ns/a".into())));
+        assert_eq!(got[1], Some(Reserved::New("ns/a".into())));
+        assert_eq!(got[2], Some(Reserved::New("ns/b".into())));
+        assert_eq!(got[3], None);
+        assert_eq!(v.pending("ns", "f"), 1);
+        // Asking again for a held match returns its slot, not a second one.
+        assert_eq!(
+            v.reserve("ns", "m0", "f", Strategy::Packed),
+            Some(Reserved::Existing("ns/a".into()))
+        );
+        v.release("ns", "m1");
+        assert_eq!(
+            v.reserve("ns", "m3", "f", Strategy::Packed),
+            Some(Reserved::New("ns/a".into()))
+        );
+        assert_eq!(v.pending("ns", "f"), 0);
+    }
+
+    #[test]
+    fn reports_and_reservations_are_counted_once() {
+        let mut a = server("a", 3);
+        a.live.insert("m0".into(), 2);
+        a.live.insert("other".into(), 1);
+        a.finished.insert("other".into());
+        a.other_sessions = 1;
+        let (v, _) = view(vec![a]);
+        v.observe("ns", "m0", Some("a"), true);
+        // 1 other + m0 (reported and assigned: once) = 2 of 3: room for one more.
+        assert!(v.reserve("ns", "m1", "f", Strategy::Packed).is_some());
+        assert_eq!(v.used("ns", "f", "ns/a"), Some(3));
+        assert_eq!(v.reserve("ns", "m2", "f", Strategy::Packed), None);
+    }
+
+    #[test]
+    fn a_restart_adopts_the_server_that_already_hosts_the_match() {
+        let mut a = server("a", 4);
+        let b = server("b", 4);
+        a.live.insert("m-lost".into(), 0);
+        let (v, _) = view(vec![b, a]);
+        // Distributed would choose the empty b; the report says a already has it.
+        assert_eq!(
+            v.reserve("ns", "m-lost", "f", Strategy::Distributed),
+            Some(Reserved::Existing("ns/a".into()))
+        );
+    }
+
+    #[test]
+    fn refused_draining_and_unready_servers_are_skipped() {
+        let mut b = server("b", 4);
+        b.draining = true;
+        let mut c = server("c", 4);
+        c.ready = false;
+        let (v, _) = view(vec![server("a", 4), b, c]);
+        v.refused("ns/a");
+        assert_eq!(v.reserve("ns", "m", "f", Strategy::Packed), None);
+    }
+
+    #[test]
+    fn observed_statuses_rebuild_the_view_and_terminal_ones_release() {
+        let (v, _) = view(vec![server("a", 1)]);
+        v.observe("ns", "old", Some("a"), true);
+        assert_eq!(v.reserve("ns", "new", "f", Strategy::Packed), None);
+        v.observe("ns", "old", Some("a"), false);
+        assert!(v.reserve("ns", "new", "f", Strategy::Packed).is_some());
+        v.retain(&HashSet::new());
+        assert!(v.assignments().is_empty());
+    }
+
+    #[test]
+    fn concurrent_reservations_never_overfill() {
+        let servers: Vec<ServerInfo> = (0..10).map(|i| server(&format!("s{i}"), 5)).collect();
+        let (v, _) = view(servers);
+        let v = Arc::new(v);
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let v = v.clone();
+                std::thread::spawn(move || {
+                    (0..20)
+                        .filter(|i| {
+                            v.reserve("ns", &format!("m{t}-{i}"), "f", Strategy::Distributed)
+                                .is_some()
+                        })
+                        .count()
+                })
+            })
+            .collect();
+        let placed: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        assert_eq!(placed, 50);
+        let mut per: HashMap<String, u32> = HashMap::new();
+        for (_, s) in v.assignments() {
+            *per.entry(s).or_default() += 1;
+        }
+        assert!(per.values().all(|n| *n == 5), "{per:?}");
+        assert_eq!(v.pending("ns", "f"), 110);
+    }
+}
