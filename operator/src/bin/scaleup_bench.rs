@@ -162,19 +162,23 @@ async fn run(client: &Client, ns: &str, fleet: &GameFleet, args: &Args) -> anyho
         let m = marks.await??;
         print_marks("raw pod creation", created, &m, args.pods);
         eprintln!("deleting raw pods");
-        pods_api
-            .delete_collection(
-                &DeleteParams::default().grace_period(0),
-                &ListParams::default().labels("bench=raw"),
-            )
-            .await?;
-        while !pods_api
-            .list(&ListParams::default().labels("bench=raw"))
-            .await?
-            .items
-            .is_empty()
-        {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        // A delete-collection of thousands of pods can outlive the HTTP request: retry
+        // until the list is empty.
+        let raw = ListParams::default().labels("bench=raw");
+        loop {
+            let left = pods_api
+                .list(&raw.clone().limit(1))
+                .await
+                .map(|l| l.items.len())
+                .unwrap_or(1);
+            if left == 0 {
+                break;
+            }
+            let dp = DeleteParams::default().grace_period(0);
+            if let Err(e) = pods_api.delete_collection(&dp, &raw).await {
+                eprintln!("delete raw pods (retrying): {e}");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
 
