@@ -11,7 +11,7 @@
 //! Issue 7's allocator reads the same load index.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
@@ -124,7 +124,7 @@ const EXPECTATION_TTL: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Default)]
 pub struct FleetExpectations {
-    created: HashMap<String, (Pod, Instant)>,
+    created: HashMap<String, (Arc<Pod>, Instant)>,
     deleted: HashMap<String, Instant>,
 }
 
@@ -140,7 +140,7 @@ impl Expectations {
             .entry(fleet.to_owned())
             .or_default()
             .created
-            .insert(pod.name_any(), (pod, Instant::now()));
+            .insert(pod.name_any(), (Arc::new(pod), Instant::now()));
     }
 
     pub fn deleted(&self, fleet: &str, pod: &str) {
@@ -155,7 +155,9 @@ impl Expectations {
     /// Merges what the cache shows with what this operator did since: created pods the
     /// cache lacks are added, deleted ones are marked terminating. Settled
     /// expectations are dropped.
-    pub fn overlay(&self, fleet: &str, mut cached: Vec<Pod>) -> Vec<Pod> {
+    /// Pods are shared with the cache (no deep copies): only pods marked deleted are
+    /// copied, to set their deletion timestamp.
+    pub fn overlay(&self, fleet: &str, mut cached: Vec<Arc<Pod>>) -> Vec<Arc<Pod>> {
         let mut fleets = self.fleets.lock().expect("expectations lock");
         let Some(exp) = fleets.get_mut(fleet) else {
             return cached;
@@ -171,7 +173,7 @@ impl Expectations {
             .retain(|name, at| seen.get(name) == Some(&false) && now - *at < EXPECTATION_TTL);
         for pod in &mut cached {
             if exp.deleted.contains_key(&pod.name_any()) {
-                pod.metadata.deletion_timestamp =
+                Arc::make_mut(pod).metadata.deletion_timestamp =
                     Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                         k8s_openapi::jiff::Timestamp::now(),
                     ));
@@ -219,20 +221,20 @@ mod tests {
     use super::*;
     use kube::api::ObjectMeta;
 
-    fn pod(name: &str) -> Pod {
-        Pod {
+    fn pod(name: &str) -> Arc<Pod> {
+        Arc::new(Pod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 ..Default::default()
             },
             ..Default::default()
-        }
+        })
     }
 
     #[test]
     fn created_pods_show_until_the_cache_has_them() {
         let e = Expectations::default();
-        e.created("ns/f", pod("a"));
+        e.created("ns/f", Pod::clone(&pod("a")));
         let view = e.overlay("ns/f", vec![]);
         assert_eq!(view.len(), 1);
         let view = e.overlay("ns/f", vec![pod("a")]);

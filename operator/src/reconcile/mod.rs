@@ -166,11 +166,11 @@ fn fleet_key(fleet: &GameFleet) -> String {
 
 /// The fleet's pods: from the cache, owned by this very fleet (not a deleted namesake),
 /// with this operator's own recent creations and deletions laid over.
-fn fleet_pods(fleet: &GameFleet, ctx: &Context) -> Vec<Pod> {
+fn fleet_pods(fleet: &GameFleet, ctx: &Context) -> Vec<Arc<Pod>> {
     let ns = fleet.namespace();
     let name = fleet.name_any();
     let uid = fleet.uid();
-    let cached: Vec<Pod> = ctx
+    let cached: Vec<Arc<Pod>> = ctx
         .pods
         .state()
         .iter()
@@ -181,7 +181,7 @@ fn fleet_pods(fleet: &GameFleet, ctx: &Context) -> Vec<Pod> {
                     .iter()
                     .any(|o| Some(&o.uid) == uid.as_ref())
         })
-        .map(|p| Pod::clone(p))
+        .cloned()
         .collect();
     ctx.expectations.overlay(&fleet_key(fleet), cached)
 }
@@ -281,7 +281,7 @@ pub async fn apply(fleet: Arc<GameFleet>, ctx: &Context) -> Result<Action> {
     let (scaling_policy, rollout, health, placement) = policies(&fleet);
 
     let pods = fleet_pods(&fleet, ctx);
-    let by_name: HashMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), p)).collect();
+    let by_name: HashMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), &**p)).collect();
     let servers: Vec<Server> = pods
         .iter()
         .map(|p| classify(p, &hash, &health, &ctx.loads))
