@@ -2,12 +2,14 @@
 //!
 //! - [`rules`], [`pool`], [`sessions`]: the game itself, no I/O.
 //! - [`outbox`]: what a tick sends, serialized once per session.
-//! - [`udp`], [`tick`]: the play port's receive thread and the fixed-rate tick thread.
+//! - [`udp`], [`tick`]: the play port's receive thread and the fixed-rate tick thread;
+//!   [`batch`]: their `recvmmsg`/`sendmmsg` batching.
 //! - [`tcp`]: text commands; [`control`]: the operator's interface;
 //!   [`commands`]: RabbitMQ consumers and the broker command path.
 //! - [`server`]: wiring and the drain; [`config`]: flags.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod commands;
 pub mod config;
 pub mod control;

@@ -46,6 +46,12 @@ impl Outbox {
         self.buf.len()
     }
 
+    /// The `i`th datagram to send, `i < len()`.
+    pub fn get(&self, i: usize) -> (SocketAddr, &[u8]) {
+        let (addr, range) = &self.sends[i];
+        (*addr, &self.buf[range.clone()])
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
         self.sends
             .iter()

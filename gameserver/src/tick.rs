@@ -1,6 +1,7 @@
 //! The fixed-rate tick: a dedicated thread that, every period, advances the
 //! simulation under the session lock, then sends the tick's snapshots with the lock
-//! released, so inputs keep flowing while the kernel copies datagrams.
+//! released, so inputs keep flowing while the kernel copies datagrams. Snapshots
+//! leave [`crate::batch::SEND_BATCH`] per `sendmmsg`.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::batch::Sender;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::udp::SharedManager;
@@ -46,6 +48,7 @@ impl Ticker {
         let rate = self.lock().config().rules.tick_rate.max(1);
         let period = Duration::from_secs(1) / rate;
         let mut outbox = Outbox::default();
+        let mut sender = Sender::default();
         let mut deferred = Vec::new();
         let events = self.lock().events();
         let mut next = Instant::now() + period;
@@ -65,7 +68,7 @@ impl Ticker {
             self.metrics
                 .tick_seconds
                 .observe(started.elapsed().as_secs_f64());
-            self.send(&outbox);
+            self.send(&mut sender, &outbox);
             for record in deferred.drain(..) {
                 events.publish_raw(record);
             }
@@ -83,7 +86,7 @@ impl Ticker {
             }
         }
         let ended = self.lock().end_all("server_shutdown", &mut outbox);
-        self.send(&outbox);
+        self.send(&mut sender, &outbox);
         if ended > 0 {
             tracing::info!(sessions = ended, "ended the remaining sessions");
         }
@@ -96,19 +99,14 @@ impl Ticker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn send(&self, outbox: &Outbox) {
+    fn send(&self, sender: &mut Sender, outbox: &Outbox) {
         if outbox.is_empty() {
             return;
         }
         let started = Instant::now();
-        let mut sent = 0u64;
-        for (addr, message) in outbox.iter() {
-            match self.socket.send_to(message, addr) {
-                Ok(_) => sent += 1,
-                Err(_) => self.metrics.send_errors.inc(),
-            }
-        }
-        self.metrics.datagrams_out.inc_by(sent);
+        let stats = sender.send(&self.socket, outbox);
+        self.metrics.datagrams_out.inc_by(stats.sent);
+        self.metrics.send_errors.inc_by(stats.failed);
         self.metrics
             .send_seconds
             .observe(started.elapsed().as_secs_f64());

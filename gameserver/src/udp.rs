@@ -2,8 +2,9 @@
 //! parses, and either answers at once (joins, leaves, errors) or queues the input
 //! for the next tick. Snapshots are sent by the tick thread ([`crate::tick`]).
 //!
-//! A plain blocking thread rather than async tasks: per datagram it costs one
-//! `recvfrom` and no wake-ups, and the receive buffer and reply buffer are reused.
+//! A plain blocking thread rather than async tasks: no wake-ups, and one `recvmmsg`
+//! takes every datagram already queued (up to [`crate::batch::RECV_BATCH`]), into buffers reused
+//! from call to call.
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -14,10 +15,11 @@ use std::time::{Duration, Instant};
 use prometheus::IntCounter;
 use socket2::{Domain, Protocol, Socket, Type};
 use tanks_core::protocol::game::{
-    Datagram, MAX_DATAGRAM, MSG_LEFT, MSG_NOT_IN_GAME, PlayerCommand, Reply, parse_datagram,
+    Datagram, MSG_LEFT, MSG_NOT_IN_GAME, PlayerCommand, Reply, parse_datagram,
 };
 use tanks_core::token::TokenSigner;
 
+use crate::batch::Receiver;
 use crate::commands::CommandBus;
 use crate::config::CommandPath;
 use crate::metrics::Metrics;
@@ -103,21 +105,29 @@ impl UdpHandler {
         }
     }
 
-    /// Receives until `stop` is set.
+    /// Receives until `stop` is set (checked at least every read timeout).
     pub fn run(mut self, stop: Arc<AtomicBool>) {
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        let mut receiver = Receiver::default();
         while !stop.load(Ordering::Relaxed) {
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, from)) => self.handle(&buf[..n], from, Instant::now()),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => {
-                    // ICMP errors from earlier sends surface here; they are not ours to fix.
-                    tracing::debug!(error = %e, "UDP receive error");
-                }
+            self.receive_batch(&mut receiver);
+        }
+    }
+
+    /// Waits for datagrams and handles each of one batch.
+    pub fn receive_batch(&mut self, receiver: &mut Receiver) {
+        let socket = self.socket.clone();
+        // A batch is what was queued at one instant: one clock read, taken when the
+        // first datagram is in (not before the wait), serves it all.
+        let mut now = None;
+        let handle = |bytes: &[u8], from| {
+            let now = *now.get_or_insert_with(Instant::now);
+            self.handle(bytes, from, now);
+        };
+        match receiver.recv(&socket, handle) {
+            Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Err(e) => {
+                // ICMP errors from earlier sends surface here; they are not ours to fix.
+                tracing::debug!(error = %e, "UDP receive error");
             }
         }
     }
@@ -305,5 +315,92 @@ impl UdpHandler {
             Ok(_) => self.metrics.datagrams_out.inc(),
             Err(_) => self.metrics.send_errors.inc(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Receiver;
+    use crate::rules::Rules;
+    use crate::sessions::ManagerConfig;
+    use tanks_core::events::{EventMetrics, EventPublisher, MemorySink, SinkConfig};
+    use tanks_core::protocol::game::MAX_DATAGRAM;
+
+    #[tokio::test]
+    async fn a_batch_of_mixed_datagrams_is_handled_one_by_one() {
+        let (events, _pump) = EventPublisher::start(
+            SinkConfig::Memory(MemorySink::new(1_000)),
+            EventMetrics::detached(),
+        )
+        .unwrap();
+        let manager = SessionManager::new(ManagerConfig::new("test", Rules::default()), events);
+        let socket = Arc::new(bind("127.0.0.1:0".parse().unwrap(), 1 << 20).unwrap());
+        let metrics = Metrics::new();
+        let mut handler = UdpHandler::new(
+            Arc::new(Mutex::new(manager)),
+            socket.clone(),
+            TokenSigner::new(b"a test key of at least thirty-two bytes").unwrap(),
+            false,
+            CommandPath::Direct,
+            None,
+            RateLimit::default(),
+            metrics.clone(),
+        );
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let server = socket.local_addr().unwrap();
+        let oversized = vec![b' '; MAX_DATAGRAM + 500];
+        let datagrams: [&[u8]; 8] = [
+            br#"{"action":"join_game","player_id":"p1"}"#,
+            b"{",
+            b"",
+            &[0xff, 0xfe],
+            &oversized,
+            br#"{"action":"move","player_id":"p1","position":[120,130],"seq":1}"#,
+            br#"{"action":"fly","player_id":"p1"}"#,
+            br#"{"action":"move","player_id":"nobody","position":[1,2]}"#,
+        ];
+        for d in datagrams {
+            client.send_to(d, server).unwrap();
+        }
+        // All queued at once: one or a few batches take them all, in order.
+        let mut receiver = Receiver::default();
+        for _ in 0..8 {
+            if metrics.datagrams_in.get() == 8 {
+                break;
+            }
+            handler.receive_batch(&mut receiver);
+        }
+        assert_eq!(metrics.datagrams_in.get(), 8);
+        let mut replies = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..7 {
+            let n = client.recv(&mut buf).unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&buf[..n]).unwrap();
+            let text = v["message"].as_str().unwrap_or_default().to_owned();
+            replies.push((v["status"].as_str().unwrap().to_owned(), text));
+        }
+        let expected = [
+            ("joined", ""),
+            ("error", "Invalid JSON format"),
+            ("error", "Empty JSON payload"),
+            ("error", "Invalid character encoding. UTF-8 expected."),
+            ("error", "Datagram too large"),
+            // (the move is queued for the tick: no reply)
+            ("error", "Unknown action"),
+            ("not_in_game", MSG_NOT_IN_GAME),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(s, m)| (s.to_string(), m.to_string()))
+            .collect();
+        assert_eq!(replies, expected);
+        let moves = metrics
+            .commands
+            .with_label_values(&["move", "direct", "ok"]);
+        assert_eq!(moves.get(), 1, "the valid move was queued");
     }
 }
