@@ -6,7 +6,8 @@
 #   gameserver/bench/capacity.sh 1000 5000
 #
 # Env: WARMUP (s, default 5), DURATION (s, default 20), GAMESERVER_FLAGS (extra flags,
-# e.g. the broker path or Kafka), SKIP_ECHO=1 (game server only), LABEL,
+# e.g. the broker path or Kafka), GAMELOAD_FLAGS (extra `gameload run` flags, e.g.
+# --threads 1), SKIP_ECHO=1 (game server only), LABEL,
 # CARGO_TARGET_DIR (where the dev-profile binaries are).
 set -euo pipefail
 TARGET=${CARGO_TARGET_DIR:-target}/debug
@@ -21,7 +22,7 @@ for players in "$@"; do
   sleep 0.5
   echo_pid=$(pgrep -P $! | head -1)
   timeout "$BOUND" "$TARGET/gameload" run --label echo --server "$ECHO" --players "$players" \
-    --warmup "$WARMUP" --duration "$DURATION" --server-pid "$echo_pid" || true
+    --warmup "$WARMUP" --duration "$DURATION" --server-pid "$echo_pid" ${GAMELOAD_FLAGS:-} || true
   kill "$echo_pid" 2>/dev/null || true; wait 2>/dev/null || true
   fi
 
@@ -33,7 +34,7 @@ for players in "$@"; do
   server_pid=$(pgrep -P $! | head -1)
   timeout "$BOUND" "$TARGET/gameload" run --label "${LABEL:-gameserver}" --server "$UDP" --players "$players" \
     --control "$CONTROL" --metrics "$METRICS" --warmup "$WARMUP" --duration "$DURATION" \
-    --server-pid "$server_pid" || true
+    --server-pid "$server_pid" ${GAMELOAD_FLAGS:-} || true
   kill -TERM "$server_pid" 2>/dev/null || true; wait 2>/dev/null || true
   rm -f /tmp/gameload-events.jsonl
 done

@@ -1,5 +1,5 @@
 //! `gameload`: plays many bots against a game server over real UDP, one socket per
-//! bot, and reports input-to-snapshot latency, the share of inputs reflected within
+//! bot (a few plain threads share them, see [`BotThread`]), and reports input-to-snapshot latency, the share of inputs reflected within
 //! two ticks, the server's tick duration (from its metrics) and CPU per player-second.
 //!
 //! `gameload echo` runs the "ideal echo server" baseline: it answers every `move` at
@@ -10,14 +10,19 @@
 //! join and 2 s to leave.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use gameserver::batch::{Receiver, Sender};
+use gameserver::outbox::Outbox;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use serde_json::json;
-use tokio::net::UdpSocket;
 
 #[derive(Parser)]
 #[command(
@@ -88,71 +93,85 @@ struct RunArgs {
     /// A label for the report line.
     #[arg(long, default_value = "gameserver")]
     label: String,
+    /// Threads sharing the bots (one per core is enough: a bot costs a `send` and a
+    /// `recv` per input, nothing else).
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     match cli.command {
         Cmd::Echo { addr, seconds } => echo(addr, Duration::from_secs(seconds)),
-        Cmd::Run(args) => runtime.block_on(run(args)),
+        Cmd::Run(args) => run(args),
         Cmd::Tickbench {
             players,
             ticks,
             coordinates_every,
-        } => runtime.block_on(tickbench(players, ticks, coordinates_every)),
+        } => {
+            // The event publisher's pump is a tokio task.
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            runtime.block_on(tickbench(players, ticks, coordinates_every))
+        }
     }
 }
 
-/// The baseline: plain blocking `recv_from`/`send_to`, one reply per `move`.
+/// The baseline: one reply per `move`, at once, with the game server's syscall
+/// batching (`recvmmsg`, then the batch's replies in one `sendmmsg`), so the two
+/// differ by the game and the wait for the tick only.
 fn echo(addr: SocketAddr, seconds: Duration) -> anyhow::Result<()> {
     let socket = gameserver::udp::bind(addr, 4 << 20)?;
     let until = Instant::now() + seconds;
-    let mut buf = vec![0u8; 4096];
-    let mut out = Vec::with_capacity(2048);
+    let (mut receiver, mut sender) = (Receiver::default(), Sender::default());
+    let mut out = Outbox::default();
     eprintln!("echo server on {addr} for {seconds:?}");
     while Instant::now() < until {
-        let Ok((n, from)) = socket.recv_from(&mut buf) else {
-            continue;
-        };
-        let Ok(msg) = serde_json::from_slice::<serde_json::Value>(&buf[..n]) else {
-            continue;
-        };
         out.clear();
-        match msg["action"].as_str() {
-            Some("join_game") => {
-                out.extend_from_slice(
-                    br#"{"status":"joined","session_id":"echo","tank_id":"tank_0","initial_state":{"id":"tank_0","position":[100,100],"health":100}}"#,
-                );
-            }
-            Some("move") => {
-                use std::io::Write;
-                let seq = msg["seq"].as_u64().unwrap_or(0);
-                let _ = write!(
-                    out,
-                    r#"{{"action":"game_update","seq":{seq},"tanks":[{{"id":"tank_0","position":[100,100],"health":100,"ack":{seq}}}"#
-                );
-                // Filler to the size of a 14-tank snapshot.
-                for i in 1..14 {
-                    let _ = write!(
-                        out,
-                        r#",{{"id":"tank_{i}","position":[523.71,181.44],"health":100,"ack":{seq}}}"#
-                    );
-                }
-                out.extend_from_slice(b"]}");
-            }
-            _ => continue,
-        }
-        let _ = socket.send_to(&out, from);
+        let _ = receiver.recv(&socket, |datagram, from| {
+            echo_reply(datagram, from, &mut out)
+        });
+        sender.send(&socket, &out);
     }
     Ok(())
 }
 
+fn echo_reply(datagram: &[u8], from: SocketAddr, out: &mut Outbox) {
+    let Ok(msg) = serde_json::from_slice::<serde_json::Value>(datagram) else {
+        return;
+    };
+    match msg["action"].as_str() {
+        Some("join_game") => {
+            out.begin();
+            let _ = out.writer().write_all(
+                br#"{"status":"joined","session_id":"echo","tank_id":"tank_0","initial_state":{"id":"tank_0","position":[100,100],"health":100}}"#,
+            );
+        }
+        Some("move") => {
+            let seq = msg["seq"].as_u64().unwrap_or(0);
+            out.begin();
+            let w = out.writer();
+            let _ = write!(
+                w,
+                r#"{{"action":"game_update","seq":{seq},"tanks":[{{"id":"tank_0","position":[100,100],"health":100,"ack":{seq}}}"#
+            );
+            // Filler to the size of a 14-tank snapshot.
+            for i in 1..14 {
+                let _ = write!(
+                    w,
+                    r#",{{"id":"tank_{i}","position":[523.71,181.44],"health":100,"ack":{seq}}}"#
+                );
+            }
+            let _ = w.write_all(b"]}");
+        }
+        _ => return,
+    }
+    out.send_to(from);
+}
+
 async fn tickbench(players: usize, ticks: u64, coordinates_every: u64) -> anyhow::Result<()> {
-    use gameserver::outbox::Outbox;
     use gameserver::rules::Rules;
     use gameserver::sessions::{ManagerConfig, SessionManager};
     use tanks_core::events::{EventMetrics, EventPublisher, MemorySink, SinkConfig};
@@ -217,16 +236,36 @@ async fn tickbench(players: usize, ticks: u64, coordinates_every: u64) -> anyhow
     Ok(())
 }
 
+/// What the bot threads share with the main thread.
 #[derive(Default)]
-struct Totals {
-    sent: AtomicU64,
-    acked: AtomicU64,
-    within_two_ticks: AtomicU64,
-    updates: AtomicU64,
+struct Shared {
     joined: AtomicU64,
+    /// Inputs sent while set are measured.
+    measuring: AtomicBool,
+    stop: AtomicBool,
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
+/// One bot thread's counts and latency samples (microseconds), summed at the end.
+#[derive(Default)]
+struct Counts {
+    sent: u64,
+    acked: u64,
+    within_two_ticks: u64,
+    updates: u64,
+    samples: Vec<u32>,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.sent += other.sent;
+        self.acked += other.acked;
+        self.within_two_ticks += other.within_two_ticks;
+        self.updates += other.updates;
+        self.samples.extend(other.samples);
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
     let players = args.players;
     let per_session = args.per_session.max(1);
     let run_id = format!("{:x}", std::process::id());
@@ -234,7 +273,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(control) = args.control {
         for (m, chunk) in ids.chunks(per_session).enumerate() {
             let body = json!({"match_id": format!("load-{run_id}-{m}"), "players": chunk});
-            let status = post(control, &args.secret, "/v1/sessions", &body.to_string()).await?;
+            let status = post(control, &args.secret, "/v1/sessions", &body.to_string())?;
             anyhow::ensure!(status == 200, "creating match {m}: HTTP {status}");
         }
         eprintln!(
@@ -242,63 +281,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             players.div_ceil(per_session)
         );
     }
-    let totals = Arc::new(Totals::default());
-    let measuring = Arc::new(AtomicBool::new(false));
-    let stop = Arc::new(AtomicBool::new(false));
-    let two_ticks = Duration::from_secs_f64(2.0 / f64::from(args.tick_rate));
-    let mut bots = Vec::with_capacity(players);
+    let shared = Arc::new(Shared::default());
+    let threads = args.threads.clamp(1, players.max(1));
+    let plan = Plan {
+        server: args.server,
+        period: Duration::from_secs_f64(1.0 / args.rate),
+        two_ticks: Duration::from_secs_f64(2.0 / f64::from(args.tick_rate)),
+        // Joins spread as 200 per 20 ms in all, shared between the threads.
+        joins_per_20ms: (200 / threads).max(1),
+    };
+    // Bot i goes to thread i % threads, keeping its index for its send offset.
+    let mut shares: Vec<Vec<(usize, String)>> = vec![Vec::new(); threads];
     for (i, id) in ids.into_iter().enumerate() {
-        let bot = Bot {
-            id,
-            server: args.server,
-            rate: args.rate,
-            two_ticks,
-            index: i,
-        };
-        bots.push(tokio::spawn(bot.play(
-            totals.clone(),
-            measuring.clone(),
-            stop.clone(),
-        )));
-        if i % 200 == 199 {
-            tokio::time::sleep(Duration::from_millis(20)).await; // spread the joins
-        }
+        shares[i % threads].push((i, id));
     }
+    let handles = shares
+        .into_iter()
+        .enumerate()
+        .map(|(t, share)| {
+            let (plan, shared) = (plan.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name(format!("bots-{t}"))
+                .spawn(move || BotThread::new(share, plan).map(|b| b.run(&shared)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let join_deadline = Instant::now() + Duration::from_secs(10);
-    while (totals.joined.load(Ordering::Relaxed) as usize) < players
+    while (shared.joined.load(Ordering::Relaxed) as usize) < players
         && Instant::now() < join_deadline
     {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let joined = totals.joined.load(Ordering::Relaxed);
+    let joined = shared.joined.load(Ordering::Relaxed);
     eprintln!(
-        "{joined}/{players} bots joined; warming up {} s",
+        "{joined}/{players} bots joined on {threads} threads; warming up {} s",
         args.warmup
     );
-    tokio::time::sleep(Duration::from_secs(args.warmup)).await;
+    std::thread::sleep(Duration::from_secs(args.warmup));
 
     let server_cpu0 = args.server_pid.and_then(process_cpu);
     let self_cpu0 = process_cpu(std::process::id());
-    let ticks0 = match args.metrics {
-        Some(m) => tick_histogram(m).await.ok(),
-        None => None,
-    };
-    let events0 = match args.metrics {
-        Some(m) => event_counts(m).await.ok(),
-        None => None,
-    };
-    for t in [
-        &totals.sent,
-        &totals.acked,
-        &totals.within_two_ticks,
-        &totals.updates,
-    ] {
-        t.store(0, Ordering::Relaxed);
-    }
-    measuring.store(true, Ordering::SeqCst);
+    let ticks0 = args.metrics.and_then(|m| tick_histogram(m).ok());
+    let events0 = args.metrics.and_then(|m| event_counts(m).ok());
+    shared.measuring.store(true, Ordering::SeqCst);
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    measuring.store(false, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(args.duration));
+    shared.measuring.store(false, Ordering::SeqCst);
     let elapsed = started.elapsed().as_secs_f64();
     let server_cpu = args
         .server_pid
@@ -309,14 +336,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .zip(self_cpu0)
         .map(|(b, a)| b - a);
     let ticks = match (args.metrics, ticks0) {
-        (Some(m), Some(before)) => tick_histogram(m)
-            .await
-            .ok()
-            .map(|after| after.minus(&before)),
+        (Some(m), Some(before)) => tick_histogram(m).ok().map(|after| after.minus(&before)),
         _ => None,
     };
     let events = match (args.metrics, events0) {
-        (Some(m), Some(before)) => event_counts(m).await.ok().map(|after| {
+        (Some(m), Some(before)) => event_counts(m).ok().map(|after| {
             json!({
                 "produced_per_second": ((after.0 - before.0) / elapsed).round(),
                 "dropped": after.1 - before.1,
@@ -325,13 +349,16 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }),
         _ => None,
     };
-    stop.store(true, Ordering::SeqCst);
-    let mut latencies: Vec<u32> = Vec::new();
-    for bot in bots {
-        if let Ok(Ok(mut samples)) = tokio::time::timeout(Duration::from_secs(2), bot).await {
-            latencies.append(&mut samples);
+    shared.stop.store(true, Ordering::SeqCst);
+    let mut counts = Counts::default();
+    for handle in handles {
+        match handle.join() {
+            Ok(Ok(c)) => counts.add(c),
+            Ok(Err(e)) => eprintln!("a bot thread could not start: {e}"),
+            Err(_) => eprintln!("a bot thread panicked"),
         }
     }
+    let latencies = &mut counts.samples;
     latencies.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -340,9 +367,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
         f64::from(latencies[i]) / 1000.0
     };
-    let sent = totals.sent.load(Ordering::Relaxed);
-    let acked = totals.acked.load(Ordering::Relaxed);
-    let within = totals.within_two_ticks.load(Ordering::Relaxed);
+    let (sent, acked, within) = (counts.sent, counts.acked, counts.within_two_ticks);
     let player_seconds = joined as f64 * elapsed;
     let report = json!({
         "label": args.label,
@@ -353,7 +378,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         "inputs_per_second": (sent as f64 / elapsed).round(),
         "inputs_reflected_share": ratio(acked, sent),
         "within_two_ticks_share": ratio(within, sent),
-        "updates_per_second": (totals.updates.load(Ordering::Relaxed) as f64 / elapsed).round(),
+        "updates_per_second": (counts.updates as f64 / elapsed).round(),
         "latency_ms": {"p50": pct(0.5), "p90": pct(0.9), "p99": pct(0.99), "max": pct(1.0)},
         "tick_ms": ticks.as_ref().map(|t| json!({"p50": t.quantile(0.5) * 1000.0, "p99": t.quantile(0.99) * 1000.0, "ticks": t.count})),
         "events": events,
@@ -377,101 +402,296 @@ fn round3(v: f64) -> f64 {
     (v * 1000.0).round() / 1000.0
 }
 
-struct Bot {
-    id: String,
+/// What every bot thread is told.
+#[derive(Clone)]
+struct Plan {
     server: SocketAddr,
-    rate: f64,
+    period: Duration,
     two_ticks: Duration,
-    index: usize,
+    joins_per_20ms: usize,
 }
 
 /// Inputs remembered for latency: a ring indexed by seq.
 const RING: usize = 128;
+/// Join attempts per bot, two seconds apart.
+const JOIN_TRIES: u8 = 3;
+/// Readiness events taken per `epoll_wait`.
+const EVENTS: usize = 256;
 
-impl Bot {
-    async fn play(
-        self,
-        totals: Arc<Totals>,
-        measuring: Arc<AtomicBool>,
-        stop: Arc<AtomicBool>,
-    ) -> Vec<u32> {
-        let mut samples = Vec::new();
-        let Ok(socket) = UdpSocket::bind("127.0.0.1:0").await else {
-            return samples;
+enum Phase {
+    /// Not asked yet.
+    Waiting,
+    /// Asked `tries` times, the last at `at`.
+    Joining {
+        tries: u8,
+        at: Instant,
+    },
+    Playing,
+    GaveUp,
+}
+
+struct Bot {
+    id: String,
+    index: usize,
+    socket: UdpSocket,
+    phase: Phase,
+    /// `{"id":"tank_7",`: where this bot's own tank starts in a snapshot.
+    needle: Vec<u8>,
+    x: f64,
+    y: f64,
+    dir: f64,
+    seq: u64,
+    last_ack: u64,
+    /// When each input in the ring was sent, and whether it is measured.
+    sent_at: Box<[Option<(Instant, bool)>; RING]>,
+}
+
+/// A share of the bots, played by one plain thread: every bot has its own
+/// non-blocking socket (its own source address, like a real client), all registered
+/// in one level-triggered epoll, so a readable socket costs one `recv` and nothing
+/// else; inputs go out on a timer heap. This replaced a tokio task per bot, whose
+/// wake-ups cost more CPU than the game server it measured.
+struct BotThread {
+    bots: Vec<Bot>,
+    epoll: Epoll,
+    plan: Plan,
+    /// (next input due, bot), earliest first.
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    /// Bots not yet asked to join are `bots[next_join..]`.
+    next_join: usize,
+    counts: Counts,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl BotThread {
+    fn new(share: Vec<(usize, String)>, plan: Plan) -> anyhow::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        let mut bots = Vec::with_capacity(share.len());
+        for (slot, (index, id)) in share.into_iter().enumerate() {
+            let socket = UdpSocket::bind("127.0.0.1:0")?;
+            socket.set_nonblocking(true)?;
+            epoll.add(&socket, EpollEvent::new(EpollFlags::EPOLLIN, slot as u64))?;
+            bots.push(Bot {
+                id,
+                index,
+                socket,
+                phase: Phase::Waiting,
+                needle: Vec::new(),
+                x: 100.0,
+                y: 100.0,
+                dir: 1.0,
+                seq: 0,
+                last_ack: 0,
+                sent_at: Box::new([None; RING]),
+            });
+        }
+        Ok(Self {
+            bots,
+            epoll,
+            plan,
+            due: BinaryHeap::new(),
+            next_join: 0,
+            counts: Counts::default(),
+            out: Vec::with_capacity(160),
+            buf: vec![0; 8192],
+        })
+    }
+
+    fn run(mut self, shared: &Shared) -> Counts {
+        let mut events = vec![EpollEvent::empty(); EVENTS];
+        let mut next_join_burst = Instant::now();
+        let mut next_retry_scan = Instant::now();
+        while !shared.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next_join_burst && self.next_join < self.bots.len() {
+                self.ask_to_join(now);
+                next_join_burst = now + Duration::from_millis(20);
+            }
+            if now >= next_retry_scan {
+                self.retry_joins(now);
+                next_retry_scan = now + Duration::from_millis(100);
+            }
+            let measuring = shared.measuring.load(Ordering::Relaxed);
+            self.send_due_inputs(now, measuring);
+            let ready = self
+                .epoll
+                .wait(&mut events, self.wait_timeout())
+                .unwrap_or(0);
+            let measuring = shared.measuring.load(Ordering::Relaxed);
+            for event in &events[..ready] {
+                self.receive(event.data() as usize, measuring, &shared.joined);
+            }
+        }
+        self.leave();
+        self.counts
+    }
+
+    /// Until the next input is due, in whole milliseconds (epoll's unit), rounded up
+    /// so the thread does not spin; at most 20 ms, so joins and `stop` are seen.
+    fn wait_timeout(&self) -> EpollTimeout {
+        let Some(Reverse((at, _))) = self.due.peek() else {
+            return EpollTimeout::from(20u8);
         };
-        let mut buf = vec![0u8; 8192];
-        // Join (three tries).
-        let join = json!({"action":"join_game","player_id":self.id}).to_string();
-        let mut tank: Option<(String, f64, f64)> = None;
-        for _ in 0..3 {
-            let _ = socket.send_to(join.as_bytes(), self.server).await;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, socket.recv(&mut buf)).await {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&buf[..n])
-                    && let (Some(id), Some(p)) = (
-                        v["tank_id"].as_str(),
-                        v["initial_state"]["position"].as_array(),
-                    )
-                {
-                    let xy = |i: usize| p.get(i).and_then(|x| x.as_f64()).unwrap_or(100.0);
-                    tank = Some((id.to_owned(), xy(0), xy(1)));
-                    break;
+        let wait = at.saturating_duration_since(Instant::now());
+        let ms = wait.as_micros().div_ceil(1000).min(20);
+        EpollTimeout::from(ms as u8)
+    }
+
+    fn ask_to_join(&mut self, now: Instant) {
+        let end = self
+            .bots
+            .len()
+            .min(self.next_join + self.plan.joins_per_20ms);
+        for slot in self.next_join..end {
+            self.send_join(slot, 1, now);
+        }
+        self.next_join = end;
+    }
+
+    /// A bot unanswered for two seconds asks again, up to [`JOIN_TRIES`] in all.
+    fn retry_joins(&mut self, now: Instant) {
+        for slot in 0..self.next_join {
+            if let Phase::Joining { tries, at } = self.bots[slot].phase
+                && now.duration_since(at) >= Duration::from_secs(2)
+            {
+                if tries < JOIN_TRIES {
+                    self.send_join(slot, tries + 1, now);
+                } else {
+                    self.bots[slot].phase = Phase::GaveUp;
                 }
             }
-            if tank.is_some() {
+        }
+    }
+
+    fn send_join(&mut self, slot: usize, tries: u8, now: Instant) {
+        let bot = &mut self.bots[slot];
+        let join = json!({"action":"join_game","player_id":bot.id}).to_string();
+        let _ = bot.socket.send_to(join.as_bytes(), self.plan.server);
+        bot.phase = Phase::Joining { tries, at: now };
+    }
+
+    fn send_due_inputs(&mut self, now: Instant, measuring: bool) {
+        while let Some(&Reverse((at, slot))) = self.due.peek() {
+            if at > now {
                 break;
             }
+            self.due.pop();
+            self.send_input(slot, measuring);
+            // Like a timer that skips missed ticks: a late bot does not burst.
+            let mut next = at + self.plan.period;
+            while next <= now {
+                next += self.plan.period;
+            }
+            self.due.push(Reverse((next, slot)));
         }
-        let Some((tank_id, mut x, y)) = tank else {
-            return samples;
+    }
+
+    fn send_input(&mut self, slot: usize, measuring: bool) {
+        let bot = &mut self.bots[slot];
+        bot.seq += 1;
+        bot.x += 2.0 * bot.dir;
+        if !(60.0..=940.0).contains(&bot.x) {
+            bot.dir = -bot.dir;
+        }
+        self.out.clear();
+        let _ = write!(
+            self.out,
+            r#"{{"action":"move","player_id":"{}","position":[{},{}],"seq":{}}}"#,
+            bot.id, bot.x, bot.y, bot.seq
+        );
+        bot.sent_at[bot.seq as usize % RING] = Some((Instant::now(), measuring));
+        if measuring {
+            self.counts.sent += 1;
+        }
+        let _ = bot.socket.send_to(&self.out, self.plan.server);
+    }
+
+    /// Takes one datagram from a readable socket (level-triggered: if more are
+    /// queued, the next wait reports it again).
+    fn receive(&mut self, slot: usize, measuring: bool, joined: &AtomicU64) {
+        let Some(bot) = self.bots.get_mut(slot) else {
+            return;
         };
-        totals.joined.fetch_add(1, Ordering::Relaxed);
-        let needle = format!(r#"{{"id":"{tank_id}","#);
-        let period = Duration::from_secs_f64(1.0 / self.rate);
-        // Spread bots over the period so their inputs do not all land at once.
-        let offset = period.mul_f64((self.index % 97) as f64 / 97.0);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut sent_at: [Option<(Instant, bool)>; RING] = [None; RING];
-        let (mut seq, mut last_ack, mut dir) = (0u64, 0u64, 1.0);
-        let mut out = Vec::with_capacity(160);
-        while !stop.load(Ordering::Relaxed) {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    seq += 1;
-                    x += 2.0 * dir;
-                    if !(60.0..=940.0).contains(&x) { dir = -dir; }
-                    out.clear();
-                    use std::io::Write;
-                    let _ = write!(out, r#"{{"action":"move","player_id":"{}","position":[{x},{y}],"seq":{seq}}}"#, self.id);
-                    let measured = measuring.load(Ordering::Relaxed);
-                    sent_at[seq as usize % RING] = Some((Instant::now(), measured));
-                    if measured { totals.sent.fetch_add(1, Ordering::Relaxed); }
-                    let _ = socket.send_to(&out, self.server).await;
-                }
-                got = socket.recv(&mut buf) => {
-                    let Ok(n) = got else { continue };
-                    let now = Instant::now();
-                    if measuring.load(Ordering::Relaxed) { totals.updates.fetch_add(1, Ordering::Relaxed); }
-                    let Some(ack) = find_ack(&buf[..n], needle.as_bytes()) else { continue };
-                    // Every input up to `ack` is now reflected (later ones in a tick supersede earlier ones).
-                    let first = last_ack.max(ack.saturating_sub(RING as u64 - 1)) + 1;
-                    for s in first..=ack.min(seq) {
-                        if let Some((at, measured)) = sent_at[s as usize % RING].take()
-                            && measured {
-                                let latency = now.duration_since(at);
-                                totals.acked.fetch_add(1, Ordering::Relaxed);
-                                if latency <= self.two_ticks { totals.within_two_ticks.fetch_add(1, Ordering::Relaxed); }
-                                samples.push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
-                            }
-                    }
-                    last_ack = last_ack.max(ack);
+        let Ok(n) = bot.socket.recv(&mut self.buf) else {
+            return;
+        };
+        let now = Instant::now();
+        let datagram = &self.buf[..n];
+        match bot.phase {
+            Phase::Joining { .. } => {
+                if bot.joined(datagram) {
+                    joined.fetch_add(1, Ordering::Relaxed);
+                    // Spread bots over the period so their inputs do not all land at once.
+                    let offset = self.plan.period.mul_f64((bot.index % 97) as f64 / 97.0);
+                    self.due.push(Reverse((now + offset, slot)));
                 }
             }
+            Phase::Playing => {
+                if measuring {
+                    self.counts.updates += 1;
+                }
+                bot.snapshot(datagram, now, self.plan.two_ticks, &mut self.counts);
+            }
+            Phase::Waiting | Phase::GaveUp => {}
         }
-        let leave = json!({"action":"leave_game","player_id":self.id}).to_string();
-        let _ = socket.send_to(leave.as_bytes(), self.server).await;
-        samples
+    }
+
+    fn leave(&mut self) {
+        for bot in &self.bots {
+            if matches!(bot.phase, Phase::Playing) {
+                let leave = json!({"action":"leave_game","player_id":bot.id}).to_string();
+                let _ = bot.socket.send_to(leave.as_bytes(), self.plan.server);
+            }
+        }
+    }
+}
+
+impl Bot {
+    /// Whether `datagram` is this bot's join answer; if so it now plays that tank.
+    fn joined(&mut self, datagram: &[u8]) -> bool {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(datagram) else {
+            return false;
+        };
+        let (Some(id), Some(p)) = (
+            v["tank_id"].as_str(),
+            v["initial_state"]["position"].as_array(),
+        ) else {
+            return false;
+        };
+        let xy = |i: usize| p.get(i).and_then(|x| x.as_f64()).unwrap_or(100.0);
+        (self.x, self.y) = (xy(0), xy(1));
+        self.needle = format!(r#"{{"id":"{id}","#).into_bytes();
+        self.phase = Phase::Playing;
+        true
+    }
+
+    /// Every input up to the snapshot's `ack` for this bot's tank is now reflected
+    /// (later inputs in a tick supersede earlier ones).
+    fn snapshot(
+        &mut self,
+        datagram: &[u8],
+        now: Instant,
+        two_ticks: Duration,
+        counts: &mut Counts,
+    ) {
+        let Some(ack) = find_ack(datagram, &self.needle) else {
+            return;
+        };
+        let first = self.last_ack.max(ack.saturating_sub(RING as u64 - 1)) + 1;
+        for s in first..=ack.min(self.seq) {
+            if let Some((at, true)) = self.sent_at[s as usize % RING].take() {
+                let latency = now.duration_since(at);
+                counts.acked += 1;
+                if latency <= two_ticks {
+                    counts.within_two_ticks += 1;
+                }
+                counts
+                    .samples
+                    .push(latency.as_micros().min(u128::from(u32::MAX)) as u32);
+            }
+        }
+        self.last_ack = self.last_ack.max(ack);
     }
 }
 
@@ -533,8 +753,8 @@ impl Buckets {
     }
 }
 
-async fn tick_histogram(metrics: SocketAddr) -> anyhow::Result<Buckets> {
-    let text = http_get(metrics, "/metrics").await?;
+fn tick_histogram(metrics: SocketAddr) -> anyhow::Result<Buckets> {
+    let text = http_get(metrics, "/metrics")?;
     let mut bounds = Vec::new();
     let mut count = 0;
     for line in text.lines() {
@@ -554,8 +774,8 @@ async fn tick_histogram(metrics: SocketAddr) -> anyhow::Result<Buckets> {
 }
 
 /// Events produced, dropped (totals over topics) and pending, from the server's metrics.
-async fn event_counts(metrics: SocketAddr) -> anyhow::Result<(f64, f64, f64)> {
-    let text = http_get(metrics, "/metrics").await?;
+fn event_counts(metrics: SocketAddr) -> anyhow::Result<(f64, f64, f64)> {
+    let text = http_get(metrics, "/metrics")?;
     let (mut produced, mut dropped, mut pending) = (0.0, 0.0, 0.0);
     for line in text.lines() {
         let value = || {
@@ -575,29 +795,30 @@ async fn event_counts(metrics: SocketAddr) -> anyhow::Result<(f64, f64, f64)> {
     Ok((produced, dropped, pending))
 }
 
-async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     http(
         addr,
         &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
     )
-    .await
     .map(|(_, b)| b)
 }
 
-async fn post(addr: SocketAddr, secret: &str, path: &str, body: &str) -> anyhow::Result<u16> {
+fn post(addr: SocketAddr, secret: &str, path: &str, body: &str) -> anyhow::Result<u16> {
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {secret}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    http(addr, &request).await.map(|(s, _)| s)
+    http(addr, &request).map(|(s, _)| s)
 }
 
-async fn http(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.write_all(request.as_bytes()).await?;
+/// One HTTP/1.1 exchange, `Connection: close`; bounded so a stuck server cannot hang
+/// the run.
+fn http(addr: SocketAddr, request: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request.as_bytes())?;
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await?;
+    stream.read_to_end(&mut response)?;
     let text = String::from_utf8_lossy(&response).into_owned();
     let status = text
         .split_whitespace()
