@@ -5,14 +5,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+use tanks_core::rabbit;
 use tanks_operator::leader::LeaseSettings;
+use tanks_operator::matches::consumer::ConsumerConfig;
+use tanks_operator::matches::reconcile::MatchSettings;
+use tanks_operator::matches::runtime::MatchConfig;
 use tanks_operator::reconcile::Settings;
 use tanks_operator::runtime::{Config, run};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "operator",
-    about = "Runs the GameFleet controller of the tanks MMO."
+    about = "Runs the GameFleet and Match controllers of the tanks MMO."
 )]
 struct Args {
     /// `/metrics`, `/healthz`, `/readyz`.
@@ -42,6 +46,26 @@ struct Args {
     poll_concurrency: usize,
     #[arg(long, env = "OPERATOR_CREATE_CONCURRENCY", default_value_t = 64)]
     create_concurrency: usize,
+    /// Turn the Match controller off (GameFleets only; its RBAC then needs no Matches).
+    #[arg(long, env = "OPERATOR_NO_MATCHES")]
+    no_matches: bool,
+    /// RabbitMQ: consume matchmaking events and publish allocations (none: Matches come
+    /// from elsewhere, e.g. kubectl, and allocations are only in their status).
+    #[arg(long, env = "OPERATOR_AMQP_URL", hide_env_values = true)]
+    amqp_url: Option<String>,
+    #[arg(long, env = "OPERATOR_MATCHMAKING_QUEUE", default_value = rabbit::MATCHMAKING_EVENTS)]
+    matchmaking_queue: String,
+    #[arg(long, env = "OPERATOR_ALLOCATIONS_QUEUE", default_value = rabbit::MATCH_ALLOCATIONS)]
+    allocations_queue: String,
+    /// Where Matches made from events are created (default: `--namespace`, else `default`).
+    #[arg(long, env = "OPERATOR_MATCH_NAMESPACE")]
+    match_namespace: Option<String>,
+    /// The GameFleet of events that name none.
+    #[arg(long, env = "OPERATOR_DEFAULT_FLEET")]
+    default_fleet: Option<String>,
+    /// Finished and Failed Matches are deleted after this long.
+    #[arg(long, env = "OPERATOR_MATCH_TTL_SECONDS", default_value_t = 300)]
+    match_ttl_seconds: u64,
 }
 
 #[tokio::main]
@@ -56,6 +80,30 @@ async fn main() -> anyhow::Result<()> {
     });
     let client = kube::Client::try_default().await?;
     let lease_duration = Duration::from_secs(args.lease_seconds.max(3));
+    let matches = (!args.no_matches).then(|| MatchConfig {
+        namespace: args.namespace.clone(),
+        settings: MatchSettings {
+            finished_ttl: Duration::from_secs(args.match_ttl_seconds),
+            ..MatchSettings::default()
+        },
+        consumer: args.amqp_url.as_ref().map(|uri| ConsumerConfig {
+            amqp_uri: uri.clone(),
+            queue: args.matchmaking_queue.clone(),
+            namespace: args
+                .match_namespace
+                .clone()
+                .or_else(|| args.namespace.clone())
+                .unwrap_or_else(|| "default".into()),
+            default_fleet: args.default_fleet.clone(),
+            ..ConsumerConfig::default()
+        }),
+        publish: args
+            .amqp_url
+            .as_ref()
+            .map(|uri| (uri.clone(), args.allocations_queue.clone())),
+        control_token: args.control_token.clone(),
+        ..MatchConfig::default()
+    });
     let config = Config {
         namespace: args.namespace,
         metrics_addr: Some(args.metrics_addr),
@@ -74,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
         poll_interval: Duration::from_millis(args.poll_interval_ms),
         poll_concurrency: args.poll_concurrency,
         control_token: args.control_token,
+        matches,
         ..Config::default()
     };
     run(client, config, tanks_core::telemetry::shutdown_signal()).await

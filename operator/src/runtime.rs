@@ -1,5 +1,6 @@
 //! Wires the operator together: metrics and probes, leader election, the pod cache, the
-//! load poller and the GameFleet controller. `main` parses flags and calls [`run`];
+//! load poller, the GameFleet controller and (when configured) the Match controller on
+//! the same pod cache and load reports. `main` parses flags and calls [`run`];
 //! tests call it in-process, several times to play several replicas.
 
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use crate::api::{GameFleet, labels};
 use crate::control::{EndpointResolver, GameServerControl, HttpControl, Poller, pod_ip_resolver};
 use crate::index::LoadIndex;
 use crate::leader::{Elector, LeaseSettings};
+use crate::matches::runtime::MatchConfig;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Settings};
 
@@ -44,6 +46,9 @@ pub struct Config {
     /// Shared with the caller so tests and benchmarks can read what the operator sees.
     pub loads: Arc<LoadIndex>,
     pub metrics: Arc<Metrics>,
+    /// The Match controller (none: GameFleets only). It shares this operator's pod
+    /// cache, load reports, resolver and metrics registry, and runs only while leading.
+    pub matches: Option<MatchConfig>,
 }
 
 impl Default for Config {
@@ -62,6 +67,7 @@ impl Default for Config {
             control: None,
             loads: Arc::default(),
             metrics: Arc::default(),
+            matches: None,
         }
     }
 }
@@ -157,6 +163,7 @@ pub async fn run(
         ))
     });
     let (cache_tx, cache_ready) = watch::channel(false);
+    let match_cache_ready = cache_ready.clone();
     let ready_task = {
         let (store, ready) = (pod_store.clone(), ready.clone());
         tokio::spawn(async move {
@@ -192,6 +199,24 @@ pub async fn run(
     };
     let poll_task = tokio::spawn(poller.run());
 
+    // The Match controller reads the pod cache in its first reconcile, so it starts
+    // once that cache has listed everything.
+    let match_task = config.matches.map(|mut matches| {
+        matches.metrics = metrics.clone();
+        matches.resolver = config.resolver.clone();
+        let (client, pods, loads) = (client.clone(), pod_store.clone(), config.loads.clone());
+        let mut ready = match_cache_ready;
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            if ready.wait_for(|r| *r).await.is_err() {
+                return;
+            }
+            if let Err(e) = crate::matches::runtime::run(client, matches, pods, loads, stop).await {
+                warn!(error = %e, "match controller stopped");
+            }
+        })
+    });
+
     let controller = Controller::new(fleets, watcher::Config::default())
         .owns_stream(pod_stream)
         .reconcile_on(trigger_rx)
@@ -223,6 +248,17 @@ pub async fn run(
         }
     };
     metrics.leader.set(0);
+    if let Some(mut task) = match_task {
+        // After a shutdown it finishes its in-flight reconciles; after a lost lease it
+        // must not act any more.
+        if result.is_err()
+            || tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_err()
+        {
+            task.abort();
+        }
+    }
     poll_task.abort();
     ready_task.abort();
     finish(elector, http).await;
