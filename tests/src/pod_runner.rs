@@ -7,7 +7,8 @@
 //! way a `hostNetwork` pod looks. Each node owns its own loopback address (anything in
 //! 127.0.0.0/8), so the same port on two nodes never collides.
 //!
-//! What it implements of a kubelet: node registration and heartbeats, env values with
+//! What it implements of a kubelet: node registration and heartbeats, a container
+//! environment of the pod's variables only (plus `PATH`, `HOME`, `HOSTNAME`), env values with
 //! `$(VAR)` expansion, `fieldRef` (name, namespace, uid, node, pod and host IP, labels,
 //! annotations), `secretKeyRef` and `configMapKeyRef`; an `httpGet` readiness probe;
 //! restart policies; graceful deletion (SIGTERM, the pod's grace period, SIGKILL, then
@@ -379,6 +380,17 @@ impl PodSupervisor {
             .append(true)
             .open(&log_path)?;
         let mut cmd = Command::new(&path);
+        // A container sees only its pod's environment, never the kubelet's: without the
+        // clear, a test's own variables (broker addresses, RUST_LOG, ...) would leak into
+        // every server it runs. PATH and HOME stand in for the image's, and HOSTNAME is
+        // the pod name, as a container runtime sets it.
+        cmd.env_clear();
+        for key in ["PATH", "HOME"] {
+            if let Some(value) = std::env::var_os(key) {
+                cmd.env(key, value);
+            }
+        }
+        cmd.env("HOSTNAME", self.pod.name_any());
         cmd.args(argv.iter().skip(1))
             .envs(env.iter())
             .stdin(std::process::Stdio::null())
