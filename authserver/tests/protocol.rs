@@ -312,13 +312,13 @@ async fn unknown_user_and_wrong_password_look_the_same() {
         assert_eq!(a, b, "identical answers");
         assert_eq!(a.message, MSG_BAD_CREDENTIALS);
     }
-    wrong.sort();
-    unknown.sort();
-    let (w, u) = (wrong[4].as_secs_f64(), unknown[4].as_secs_f64());
-    // Both run one Argon2id verification; medians within 50% of each other.
+    // Both run one Argon2id verification. Other tests hash on the same cores at the
+    // same time, which only ever adds time: the fastest of each kind is the work itself.
+    let fastest = |v: &[Duration]| v.iter().min().expect("samples").as_secs_f64();
+    let (w, u) = (fastest(&wrong), fastest(&unknown));
     assert!(
         w / u < 1.5 && u / w < 1.5,
-        "median wrong password {w:.4}s vs unknown user {u:.4}s"
+        "fastest wrong password {w:.4}s vs unknown user {u:.4}s"
     );
     assert!(w > 0.002, "a real hash was computed ({w:.4}s)");
     server.shutdown().await;
