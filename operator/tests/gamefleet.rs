@@ -478,6 +478,10 @@ async fn the_manifests_are_accepted_by_the_api_server() {
     for (verb, resource) in [
         ("watch", "gamefleets.tanks.dev"),
         ("patch", "gamefleets.tanks.dev/status"),
+        ("watch", "matches.tanks.dev"),
+        ("create", "matches.tanks.dev"),
+        ("delete", "matches.tanks.dev"),
+        ("patch", "matches.tanks.dev/status"),
         ("create", "pods"),
         ("delete", "pods"),
         ("patch", "pods"),
