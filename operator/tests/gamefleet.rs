@@ -474,27 +474,34 @@ async fn the_manifests_are_accepted_by_the_api_server() {
         "-f",
         &format!("{dir}/20-deployment.yaml"),
     ]);
-    // The RBAC is enough for what the operator does (checked by impersonation).
-    for (verb, resource) in [
-        ("watch", "gamefleets.tanks.dev"),
-        ("patch", "gamefleets.tanks.dev/status"),
-        ("watch", "matches.tanks.dev"),
-        ("create", "matches.tanks.dev"),
-        ("delete", "matches.tanks.dev"),
-        ("patch", "matches.tanks.dev/status"),
-        ("create", "pods"),
-        ("delete", "pods"),
-        ("patch", "pods"),
-        ("create", "events.events.k8s.io"),
+    // The RBAC is enough for what the operator does (checked by impersonation). A
+    // subresource goes in `--subresource`: `kubectl auth can-i patch x/status` asks about
+    // an object named `status`, not the subresource.
+    for (verb, resource, subresource) in [
+        ("watch", "gamefleets.tanks.dev", ""),
+        ("patch", "gamefleets.tanks.dev", "status"),
+        ("watch", "matches.tanks.dev", ""),
+        ("create", "matches.tanks.dev", ""),
+        ("delete", "matches.tanks.dev", ""),
+        ("patch", "matches.tanks.dev", "status"),
+        ("create", "pods", ""),
+        ("delete", "pods", ""),
+        ("patch", "pods", ""),
+        ("create", "events.events.k8s.io", ""),
     ] {
-        kubectl(&[
+        let subresource = format!("--subresource={subresource}");
+        let mut args = vec![
             "auth",
             "can-i",
             verb,
             resource,
             "--all-namespaces",
             "--as=system:serviceaccount:tanks-system:tanks-operator",
-        ]);
+        ];
+        if subresource.len() > "--subresource=".len() {
+            args.push(&subresource);
+        }
+        kubectl(&args);
     }
     kubectl(&[
         "auth",

@@ -565,7 +565,7 @@ async fn play(s: &Setup, publisher: &Publisher, operator_metrics: &str) {
         phase_is(MatchPhase::Allocated),
     )
     .await;
-    assert_eq!(allocated.spec.players, [user.clone()]);
+    assert_eq!(allocated.spec.players, std::slice::from_ref(&user));
     assert_eq!(allocated.spec.source_event_id, event_id);
     let status = allocated.status.clone().unwrap();
     let server = status.game_server.clone().expect("a game server");
@@ -632,7 +632,7 @@ async fn play(s: &Setup, publisher: &Publisher, operator_metrics: &str) {
     assert_eq!(heard.endpoint.protocol, "UDP");
     assert_eq!(heard.session_id, session_id);
     assert_eq!(heard.game_server, server);
-    assert_eq!(heard.players, [user.clone()]);
+    assert_eq!(heard.players, std::slice::from_ref(&user));
 
     // The bot at the endpoint. Everything it receives goes through one channel.
     let socket = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
