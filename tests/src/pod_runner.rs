@@ -361,14 +361,19 @@ impl PodSupervisor {
 
     async fn start(&self, container: &Container) -> anyhow::Result<tokio::process::Child> {
         let env = self.resolve_env(container).await?;
-        let mut argv: Vec<String> = container.command.clone().unwrap_or_default();
+        // As in Kubernetes: `command` replaces the image's entrypoint and `args` follow
+        // it; with no command the image's name stands for the binary
+        // (`repo/gameserver:tag`), and `args` are all its arguments.
+        let mut argv: Vec<String> = match container.command.as_deref() {
+            Some([program, ..]) => vec![program.clone()],
+            _ => vec![image_binary(container.image.as_deref().unwrap_or_default())],
+        };
+        if let Some([_, rest @ ..]) = container.command.as_deref() {
+            argv.extend(rest.iter().cloned());
+        }
         argv.extend(container.args.clone().unwrap_or_default());
         let argv: Vec<String> = argv.iter().map(|a| expand(a, &env)).collect();
-        let program = match argv.first() {
-            Some(p) => p.clone(),
-            // No command: the image's name stands for the binary (`repo/gameserver:tag`).
-            None => image_binary(container.image.as_deref().unwrap_or_default()),
-        };
+        let program = argv[0].clone();
         let path = self.resolve_binary(&program)?;
         let log_path = self.config.log_dir.join(format!(
             "{}_{}.log",

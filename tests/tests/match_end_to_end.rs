@@ -272,7 +272,6 @@ fn fleet(s: &Setup) -> GameFleet {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "not passing yet: the fleet's pods are replaced as fast as they start under the pod runner; run with --ignored while fixing it"]
 async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
     let amqp = tanks_testkit::require_rabbitmq();
     let kubeconfig = tanks_testkit::require_kube_apiserver();
