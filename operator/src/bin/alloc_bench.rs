@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, CustomResourceExt, ResourceExt};
@@ -26,11 +28,15 @@ use serde_json::json;
 use tanks_core::protocol::matchmaking::MatchRequest;
 use tanks_core::rabbit::Publisher;
 use tanks_operator::api::Match;
+use tanks_operator::api::matches::{MatchEndpoint, MatchPhase, MatchStatus};
 use tanks_operator::index::LoadIndex;
-use tanks_operator::matches::consumer::ConsumerConfig;
+use tanks_operator::matches::consumer::{ConsumerConfig, to_match};
 use tanks_operator::matches::fake_servers::FakeServers;
-use tanks_operator::matches::reconcile::MatchSettings;
+use tanks_operator::matches::reconcile::{MANAGER, MatchSettings, status_patch};
 use tanks_operator::matches::runtime::{MatchConfig, run_standalone};
+
+/// Matchmaking events awaiting their publisher confirm at once.
+const PUBLISH_WINDOW: usize = 256;
 
 #[derive(Parser, Debug)]
 #[command(about = "Match allocation rate and latency next to the API server's ceiling")]
@@ -91,6 +97,29 @@ async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
     Ok(name)
 }
 
+/// Deletes a namespace and waits until it is gone: its thousands of deletes must not
+/// run during the next measurement. Pods go first with no grace period (the kwok node
+/// has no kubelet to confirm a graceful stop, and is deleted right after).
+async fn remove_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    pods.delete_collection(
+        &DeleteParams::default().grace_period(0),
+        &ListParams::default(),
+    )
+    .await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.delete(ns, &DeleteParams::background()).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while namespaces.get_opt(ns).await?.is_some() {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "namespace {ns} still there after 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -136,21 +165,42 @@ async fn ceiling(client: &Client, concurrency: usize, count: usize) -> anyhow::R
                 if i >= count {
                     break;
                 }
-                let name = format!("c-{i}");
-                let players: Vec<String> = (0..2).map(|p| format!("p{i}-{p}")).collect();
-                let m: Match = serde_json::from_value(json!({
-                    "apiVersion": "tanks.dev/v1alpha1", "kind": "Match",
-                    "metadata": {"name": name},
-                    "spec": {"fleet": "tanks", "players": players, "sourceEventId": name},
-                }))?;
+                // The very Match the consumer makes of an event.
+                let id = format!("c-{i:06}");
+                let event =
+                    MatchRequest::new(id.clone(), vec![format!("{id}-a"), format!("{id}-b")]);
+                let m = to_match(&serde_json::to_vec(&event)?, None, Some("tanks"))
+                    .map_err(anyhow::Error::msg)?;
+                let name = m.name_any();
                 let t = Instant::now();
                 api.create(&PostParams::default(), &m).await?;
-                let status = json!({"apiVersion": "tanks.dev/v1alpha1", "kind": "Match", "status": {
-                    "phase": "Allocated", "gameServer": "tanks-0001", "sessionId": format!("session-{i}"),
-                    "endpoint": {"address": "127.0.0.2", "port": 7001, "protocol": "UDP"},
-                    "allocatedAt": "2026-01-01T00:00:00Z",
-                }});
-                api.patch_status(&name, &PatchParams::apply("alloc-bench").force(), &Patch::Apply(&status))
+                // The very write the operator makes: its status, its patch.
+                let status = MatchStatus {
+                    phase: MatchPhase::Allocated,
+                    game_server: Some("tanks-00001".into()),
+                    endpoint: Some(MatchEndpoint {
+                        address: "127.0.0.2".into(),
+                        port: 7001,
+                        protocol: "UDP".into(),
+                    }),
+                    session_id: Some(format!("session-{i}")),
+                    allocated_at: Some(Timestamp::now().to_string()),
+                    observed_generation: Some(1),
+                    conditions: vec![Condition {
+                        type_: "Allocated".into(),
+                        status: "True".into(),
+                        reason: "SessionCreated".into(),
+                        message: "session on tanks-00001".into(),
+                        observed_generation: Some(1),
+                        last_transition_time: Time(Timestamp::now()),
+                    }],
+                    ..Default::default()
+                };
+                let params = PatchParams {
+                    field_manager: Some(MANAGER.into()),
+                    ..Default::default()
+                };
+                api.patch_status(&name, &params, &Patch::<()>::Json(status_patch(&status)?))
                     .await?;
                 latencies.push(t.elapsed());
             }
@@ -163,8 +213,7 @@ async fn ceiling(client: &Client, concurrency: usize, count: usize) -> anyhow::R
     }
     let secs = started.elapsed().as_secs_f64();
     latencies.sort();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(&ns, &DeleteParams::background()).await?;
+    remove_namespace(client, &ns).await?;
     Ok(Row {
         what: format!("api-ceiling c={concurrency}"),
         count: latencies.len(),
@@ -208,6 +257,11 @@ async fn allocations(
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let prefix = format!("r{round}-");
+    // Publishes are pipelined (up to PUBLISH_WINDOW awaiting their confirm), as a
+    // matchmaker serving many players would: one confirmed publish at a time would make
+    // the publisher, not the allocator, the bottleneck.
+    let window = Arc::new(tokio::sync::Semaphore::new(PUBLISH_WINDOW));
+    let mut sends = Vec::with_capacity(events);
     let started = Instant::now();
     for i in 0..events {
         if rate > 0 {
@@ -217,8 +271,18 @@ async fn allocations(
         let id = format!("{prefix}{i:06}");
         let event = MatchRequest::new(id.clone(), vec![format!("{id}-a"), format!("{id}-b")]);
         published.lock().unwrap().insert(id, Instant::now());
-        publisher.publish_json(queue, &event).await?;
+        let permit = window.clone().acquire_owned().await?;
+        let (publisher, queue) = (publisher.clone(), queue.to_owned());
+        sends.push(tokio::spawn(async move {
+            let sent = publisher.publish_json(&queue, &event).await;
+            drop(permit);
+            sent
+        }));
     }
+    for send in sends {
+        send.await??;
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(events);
     let mut seen = std::collections::HashSet::new();
     let mut last = started;
@@ -237,6 +301,7 @@ async fn allocations(
     }
     watch.abort();
     latencies.sort();
+    eprintln!("published {events} events in {publish_secs:.2}s");
     Ok(Row {
         what: if rate == 0 {
             "allocation burst".to_owned()
@@ -390,8 +455,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     operator.abort();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(&ns, &DeleteParams::background()).await?;
+    remove_namespace(&client, &ns).await?;
     nodes.delete(&node, &DeleteParams::background()).await?;
     let _ = publisher
         .channel()

@@ -38,10 +38,20 @@ impl Slotted {
 
 /// The server for the next match, or `None` when no server has room.
 pub fn pick(servers: &[Slotted], strategy: Strategy) -> Option<usize> {
+    pick_where(servers, strategy, |_| true)
+}
+
+/// [`pick`] among the servers whose index `allowed` accepts (the rest are skipped as if
+/// draining): one pass, no copy of the list.
+pub fn pick_where(
+    servers: &[Slotted],
+    strategy: Strategy,
+    allowed: impl Fn(usize) -> bool,
+) -> Option<usize> {
     servers
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.has_room())
+        .filter(|(i, s)| s.has_room() && allowed(*i))
         .min_by(|(_, a), (_, b)| rank(a, b, strategy).then_with(|| a.name.cmp(&b.name)))
         .map(|(i, _)| i)
 }
@@ -117,6 +127,13 @@ mod tests {
         }
         assert_eq!(free_slots(&servers), 0);
         assert_eq!(pick(&[], Strategy::Packed), None);
+    }
+
+    #[test]
+    fn pick_where_skips_what_it_is_told_to() {
+        let servers = [s("a", 3, 4), s("b", 1, 4)];
+        assert_eq!(pick_where(&servers, Strategy::Packed, |i| i != 0), Some(1));
+        assert_eq!(pick_where(&servers, Strategy::Packed, |_| false), None);
     }
 
     #[test]

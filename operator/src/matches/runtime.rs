@@ -269,23 +269,28 @@ async fn follow_reports(
                 .with_label_values(&[ns, name])
                 .set(i64::from(n));
         }
-        for (match_key, server_key) in view.assignments() {
-            let Some((ns, name)) = match_key.split_once('/') else {
-                continue;
-            };
+        // One look at each server's report (not one per match: thousands of matches
+        // share a thousand servers).
+        for (server_key, names) in view.assignments_by_server() {
             let Some(report) = loads.get(&server_key).and_then(|e| e.report) else {
                 continue;
             };
-            let r = ObjectRef::<Match>::new(name).within(ns);
-            let phase = matches.get(&r).map(|m| m.phase());
-            let ended = report.finished.iter().any(|f| f.match_id == name);
-            let playing = phase == Some(crate::api::MatchPhase::Allocated)
-                && report
+            let ns = server_key.split_once('/').map_or("", |(ns, _)| ns);
+            for name in names {
+                let ended = report.finished.iter().any(|f| f.match_id == name);
+                let live_players = report
                     .matches
                     .iter()
                     .any(|s| s.match_id == name && s.players > 0);
-            if (ended || playing) && trigger.unbounded_send(r).is_err() {
-                return;
+                if !ended && !live_players {
+                    continue;
+                }
+                let r = ObjectRef::<Match>::new(&name).within(ns);
+                let allocated =
+                    matches.get(&r).map(|m| m.phase()) == Some(crate::api::MatchPhase::Allocated);
+                if (ended || allocated) && trigger.unbounded_send(r).is_err() {
+                    return;
+                }
             }
         }
     }

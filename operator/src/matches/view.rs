@@ -47,10 +47,56 @@ pub trait ServerSource: Send + Sync {
     fn servers(&self, namespace: &str, fleet: &str) -> Vec<ServerInfo>;
 }
 
+/// A fleet's servers as last read, with what the allocator needs ready: every
+/// reservation is one pass over `slots`, with no copy and no lookup per server.
 #[derive(Debug)]
 struct Snapshot {
     at: Instant,
     servers: Vec<ServerInfo>,
+    /// Parallel to `servers`; `used` follows every assignment made after the read.
+    slots: Vec<Slotted>,
+    /// Server key → position.
+    index: HashMap<String, usize>,
+    /// Match name → position of the server whose report lists it live.
+    hosting: HashMap<String, usize>,
+}
+
+impl Snapshot {
+    fn new(servers: Vec<ServerInfo>, on_server: &HashMap<String, HashSet<String>>) -> Self {
+        let slots = servers
+            .iter()
+            .map(|s| Slotted {
+                name: s.name.clone(),
+                ready: s.ready,
+                draining: s.draining,
+                capacity: s.capacity,
+                used: used(s, on_server.get(&s.key)),
+            })
+            .collect();
+        let index = servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.key.clone(), i))
+            .collect();
+        let hosting = servers
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.live.keys().map(move |m| (m.clone(), i)))
+            .collect();
+        Snapshot {
+            at: Instant::now(),
+            servers,
+            slots,
+            index,
+            hosting,
+        }
+    }
+
+    /// Whether the server's report already counts this match's session.
+    fn reports(&self, i: usize, name: &str) -> bool {
+        let s = &self.servers[i];
+        s.live.contains_key(name) && !s.finished.contains(name)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +111,63 @@ struct Inner {
     snapshots: HashMap<String, Snapshot>,
     /// Servers that refused a session (full, draining): skipped until then.
     refused_until: HashMap<String, Instant>,
+}
+
+impl Inner {
+    /// Holds a slot on `server` for the match (nothing when it already holds it there).
+    fn assign(&mut self, match_key: &str, name: &str, server: &str) {
+        if self.assigned.get(match_key).map(String::as_str) == Some(server) {
+            return;
+        }
+        self.unassign(match_key, name);
+        self.assigned
+            .insert(match_key.to_owned(), server.to_owned());
+        self.on_server
+            .entry(server.to_owned())
+            .or_default()
+            .insert(name.to_owned());
+        self.count(server, name, true);
+    }
+
+    /// Gives the match's slot back, if it holds one.
+    fn unassign(&mut self, match_key: &str, name: &str) {
+        let Some(server) = self.assigned.remove(match_key) else {
+            return;
+        };
+        if let Some(set) = self.on_server.get_mut(&server) {
+            set.remove(name);
+            if set.is_empty() {
+                self.on_server.remove(&server);
+            }
+        }
+        self.count(&server, name, false);
+    }
+
+    /// Keeps the snapshots' `used` equal to [`used`] after an assignment changed: a
+    /// match its server's report already lists is counted there, not twice.
+    fn count(&mut self, server: &str, name: &str, added: bool) {
+        for snapshot in self.snapshots.values_mut() {
+            if let Some(&i) = snapshot.index.get(server)
+                && !snapshot.reports(i, name)
+            {
+                let slot = &mut snapshot.slots[i];
+                slot.used = if added {
+                    slot.used + 1
+                } else {
+                    slot.used.saturating_sub(1)
+                };
+            }
+        }
+    }
+
+    fn remove_pending(&mut self, fleet_key: &str, match_key: &str) {
+        if let Some(set) = self.pending.get_mut(fleet_key) {
+            set.remove(match_key);
+            if set.is_empty() {
+                self.pending.remove(fleet_key);
+            }
+        }
+    }
 }
 
 /// The result of a reservation.
@@ -87,6 +190,9 @@ impl Reserved {
 
 pub struct AllocationView {
     inner: Mutex<Inner>,
+    /// Held while a fleet's servers are read (outside `inner`: reservations go on with
+    /// the previous read meanwhile, and one reader at a time is enough).
+    reading: Mutex<()>,
     source: Box<dyn ServerSource>,
     /// How old a fleet's server list may be before it is read again.
     refresh: Duration,
@@ -102,6 +208,7 @@ impl AllocationView {
     pub fn new(source: Box<dyn ServerSource>, refresh: Duration, refusal_hold: Duration) -> Self {
         AllocationView {
             inner: Mutex::default(),
+            reading: Mutex::default(),
             source,
             refresh,
             refusal_hold,
@@ -110,6 +217,40 @@ impl AllocationView {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().expect("allocation view lock")
+    }
+
+    /// Reads the fleet's servers again when its snapshot is older than `refresh`. The
+    /// read runs outside the view's lock; a caller that finds another read in progress
+    /// goes on with the snapshot there is, unless there is none yet.
+    fn refresh(&self, namespace: &str, fleet: &str, fleet_key: &str) {
+        let state = {
+            let inner = self.lock();
+            inner
+                .snapshots
+                .get(fleet_key)
+                .map(|s| s.at.elapsed() >= self.refresh)
+        };
+        let reading = match state {
+            Some(false) => return,
+            Some(true) => match self.reading.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return,
+            },
+            None => self.reading.lock().expect("allocation view read lock"),
+        };
+        // Another caller may have read it while this one waited.
+        let fresh = self
+            .lock()
+            .snapshots
+            .get(fleet_key)
+            .is_some_and(|s| s.at.elapsed() < self.refresh);
+        if !fresh {
+            let servers = self.source.servers(namespace, fleet);
+            let mut inner = self.lock();
+            let snapshot = Snapshot::new(servers, &inner.on_server);
+            inner.snapshots.insert(fleet_key.to_owned(), snapshot);
+        }
+        drop(reading);
     }
 
     /// Holds a slot for `namespace/name` on a server of `fleet`, or `None` when no server
@@ -123,48 +264,35 @@ impl AllocationView {
     ) -> Option<Reserved> {
         let match_key = key(namespace, name);
         let fleet_key = key(namespace, fleet);
+        if let Some(server) = self.lock().assigned.get(&match_key) {
+            return Some(Reserved::Existing(server.clone()));
+        }
+        self.refresh(namespace, fleet, &fleet_key);
         let now = Instant::now();
         let mut inner = self.lock();
         if let Some(server) = inner.assigned.get(&match_key) {
             return Some(Reserved::Existing(server.clone()));
         }
-        let stale = inner
-            .snapshots
-            .get(&fleet_key)
-            .is_none_or(|s| now.duration_since(s.at) >= self.refresh);
-        if stale {
-            let servers = self.source.servers(namespace, fleet);
-            inner
-                .snapshots
-                .insert(fleet_key.clone(), Snapshot { at: now, servers });
-        }
         inner.refused_until.retain(|_, until| *until > now);
-        let inner = &mut *inner;
-        let servers = &inner.snapshots[&fleet_key].servers;
+        let snapshot = &inner.snapshots[&fleet_key];
 
         // A server already hosting this match (allocated by a previous process): adopt it.
-        if let Some(s) = servers.iter().find(|s| s.live.contains_key(name)) {
-            let server = s.key.clone();
-            assign(inner, &match_key, name, &server);
-            remove_pending(inner, &fleet_key, &match_key);
+        if let Some(&i) = snapshot.hosting.get(name) {
+            let server = snapshot.servers[i].key.clone();
+            inner.assign(&match_key, name, &server);
+            inner.remove_pending(&fleet_key, &match_key);
             return Some(Reserved::Existing(server));
         }
 
-        let slotted: Vec<Slotted> = servers
-            .iter()
-            .map(|s| Slotted {
-                name: s.name.clone(),
-                ready: s.ready,
-                draining: s.draining || inner.refused_until.contains_key(&s.key),
-                capacity: s.capacity,
-                used: used(s, inner.on_server.get(&s.key)),
-            })
-            .collect();
-        match allocation::pick(&slotted, strategy) {
+        let refused = &inner.refused_until;
+        let picked = allocation::pick_where(&snapshot.slots, strategy, |i| {
+            refused.is_empty() || !refused.contains_key(&snapshot.servers[i].key)
+        });
+        match picked {
             Some(i) => {
-                let server = servers[i].key.clone();
-                assign(inner, &match_key, name, &server);
-                remove_pending(inner, &fleet_key, &match_key);
+                let server = snapshot.servers[i].key.clone();
+                inner.assign(&match_key, name, &server);
+                inner.remove_pending(&fleet_key, &match_key);
                 Some(Reserved::New(server))
             }
             None => {
@@ -182,14 +310,7 @@ impl AllocationView {
     pub fn release(&self, namespace: &str, name: &str) {
         let match_key = key(namespace, name);
         let mut inner = self.lock();
-        if let Some(server) = inner.assigned.remove(&match_key)
-            && let Some(set) = inner.on_server.get_mut(&server)
-        {
-            set.remove(name);
-            if set.is_empty() {
-                inner.on_server.remove(&server);
-            }
-        }
+        inner.unassign(&match_key, name);
         for set in inner.pending.values_mut() {
             set.remove(&match_key);
         }
@@ -205,17 +326,9 @@ impl AllocationView {
     /// restart, or a status written by another replica), or none when it is over.
     pub fn observe(&self, namespace: &str, name: &str, server: Option<&str>, holds_slot: bool) {
         if let (true, Some(server)) = (holds_slot, server) {
-            let server_key = key(namespace, server);
-            let mut inner = self.lock();
             let match_key = key(namespace, name);
-            if inner.assigned.get(&match_key) != Some(&server_key) {
-                if let Some(old) = inner.assigned.get(&match_key).cloned()
-                    && let Some(set) = inner.on_server.get_mut(&old)
-                {
-                    set.remove(name);
-                }
-                assign(&mut inner, &match_key, name, &server_key);
-            }
+            let mut inner = self.lock();
+            inner.assign(&match_key, name, &key(namespace, server));
             for set in inner.pending.values_mut() {
                 set.remove(&match_key);
             }
@@ -228,20 +341,16 @@ impl AllocationView {
     /// sessions still count through the servers' reports until they end).
     pub fn retain(&self, live: &HashSet<String>) {
         let mut inner = self.lock();
-        let gone: Vec<(String, String)> = inner
+        let gone: Vec<String> = inner
             .assigned
-            .iter()
-            .filter(|(m, _)| !live.contains(*m))
-            .map(|(m, s)| (m.clone(), s.clone()))
+            .keys()
+            .filter(|m| !live.contains(*m))
+            .cloned()
             .collect();
-        for (m, s) in gone {
-            inner.assigned.remove(&m);
-            let name = m.split_once('/').map(|(_, n)| n).unwrap_or(&m);
-            if let Some(set) = inner.on_server.get_mut(&s) {
-                set.remove(name);
-            }
+        for m in gone {
+            let name = m.split_once('/').map_or(m.as_str(), |(_, n)| n).to_owned();
+            inner.unassign(&m, &name);
         }
-        inner.on_server.retain(|_, set| !set.is_empty());
         for set in inner.pending.values_mut() {
             set.retain(|m| live.contains(m));
         }
@@ -265,6 +374,15 @@ impl AllocationView {
             .collect()
     }
 
+    /// Every server holding matches, with their names.
+    pub fn assignments_by_server(&self) -> Vec<(String, Vec<String>)> {
+        self.lock()
+            .on_server
+            .iter()
+            .map(|(s, names)| (s.clone(), names.iter().cloned().collect()))
+            .collect()
+    }
+
     /// Every match holding a slot, with its server key.
     pub fn assignments(&self) -> Vec<(String, String)> {
         self.lock()
@@ -278,31 +396,13 @@ impl AllocationView {
     pub fn used(&self, namespace: &str, fleet: &str, server: &str) -> Option<u32> {
         let inner = self.lock();
         let snapshot = inner.snapshots.get(&key(namespace, fleet))?;
-        let s = snapshot.servers.iter().find(|s| s.key == server)?;
-        Some(used(s, inner.on_server.get(server)))
+        let i = *snapshot.index.get(server)?;
+        Some(snapshot.slots[i].used)
     }
 }
 
-fn assign(inner: &mut Inner, match_key: &str, name: &str, server: &str) {
-    inner
-        .assigned
-        .insert(match_key.to_owned(), server.to_owned());
-    inner
-        .on_server
-        .entry(server.to_owned())
-        .or_default()
-        .insert(name.to_owned());
-}
-
-fn remove_pending(inner: &mut Inner, fleet_key: &str, match_key: &str) {
-    if let Some(set) = inner.pending.get_mut(fleet_key) {
-        set.remove(match_key);
-        if set.is_empty() {
-            inner.pending.remove(fleet_key);
-        }
-    }
-}
-
+/// Slots in use: sessions not made for matches, plus the union of the matches assigned
+/// here and those the report lists live.
 fn used(server: &ServerInfo, assigned: Option<&HashSet<String>>) -> u32 {
     let reported = server
         .live
