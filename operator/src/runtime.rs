@@ -175,7 +175,7 @@ pub async fn run(
             }
         })
     };
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client.clone(),
         metrics.clone(),
         pod_store.clone(),
@@ -184,8 +184,21 @@ pub async fn run(
         control.clone(),
         config.resolver.clone(),
         config.reconciler.clone(),
-    ));
+    );
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
+    // One allocation view, shared: the Match controller fills it, fleet scaling reads
+    // its pending counts.
+    let mut matches_config = config.matches;
+    if let Some(matches) = &mut matches_config {
+        let view = matches
+            .view
+            .clone()
+            .unwrap_or_else(|| matches.view_for(pod_store.clone(), config.loads.clone()));
+        matches.view = Some(view.clone());
+        matches.fleet_trigger = Some(trigger_tx.clone());
+        ctx.pending_matches = Some(view);
+    }
+    let ctx = Arc::new(ctx);
     let poller = Poller {
         pods: pod_store.clone(),
         cache_ready,
@@ -201,7 +214,7 @@ pub async fn run(
 
     // The Match controller reads the pod cache in its first reconcile, so it starts
     // once that cache has listed everything.
-    let match_task = config.matches.map(|mut matches| {
+    let match_task = matches_config.map(|mut matches| {
         matches.metrics = metrics.clone();
         matches.resolver = config.resolver.clone();
         let (client, pods, loads) = (client.clone(), pod_store.clone(), config.loads.clone());

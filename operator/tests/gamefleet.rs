@@ -16,7 +16,8 @@ use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use tanks_operator::api::{GameFleet, labels};
+use tanks_operator::api::{GameFleet, Match, MatchPhase, labels};
+use tanks_operator::matches::runtime::MatchConfig;
 
 fn host_port(p: &Pod) -> Option<i32> {
     p.spec
@@ -227,6 +228,63 @@ async fn load_reports_drive_scale_up_and_down_and_busy_servers_stay() {
     let f = env.fleets().get("arena").await.unwrap();
     let s = f.status.unwrap();
     assert_eq!((s.sessions, s.players, s.allocated_replicas), (2, 8, 1));
+    op.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_matches_scale_the_fleet_up() {
+    let env = TestEnv::new("op-pending", 1, 100).await;
+    let fake = FakeServers::start().await;
+    // No server ever has room: every Match stays Pending and counts as demand.
+    fake.all_unready();
+    let mut config = operator_config(&env, &fake, "solo", false);
+    config.matches = Some(MatchConfig {
+        namespace: Some(env.ns.clone()),
+        follow_interval: Duration::from_millis(300),
+        first_round_wait: Duration::from_secs(2),
+        ..MatchConfig::default()
+    });
+    let op = launch(&env, config, "solo");
+    // 2 sessions per server, no free slots wanted: the minimum of 1 server when idle.
+    env.fleets()
+        .create(
+            &PostParams::default(),
+            &fleet("arena", &env.ns).buffer_slots(0).min(1).max(10).build(),
+        )
+        .await
+        .unwrap();
+    eventually(60, "1 idle server", || async {
+        (env.running_pods("arena").await.len() == 1).then_some(())
+    })
+    .await;
+    let matches: Api<Match> = Api::namespaced(env.client.clone(), &env.ns);
+    for i in 0..5 {
+        let m: Match = serde_json::from_value(serde_json::json!({
+            "apiVersion": "tanks.dev/v1alpha1", "kind": "Match",
+            "metadata": {"name": format!("m{i}")},
+            "spec": {"fleet": "arena", "players": [format!("p{i}")], "sourceEventId": format!("e{i}")},
+        }))
+        .unwrap();
+        matches.create(&PostParams::default(), &m).await.unwrap();
+    }
+    // 5 pending sessions, 2 per server: 3 servers.
+    eventually(60, "3 servers for 5 pending matches", || async {
+        (env.running_pods("arena").await.len() == 3).then_some(())
+    })
+    .await;
+    let status = env.fleets().get("arena").await.unwrap().status.unwrap();
+    let why = status.desired_reason.unwrap_or_default();
+    assert!(
+        why.contains("5 sessions"),
+        "the scaling reason counts the pending matches: {why}"
+    );
+    for m in matches.list(&Default::default()).await.unwrap() {
+        let name = m.name_any();
+        let s = m.status.expect("a status");
+        assert_eq!(s.phase, MatchPhase::Pending, "{name}");
+        assert!(s.reason.unwrap_or_default().contains("waiting for a game server"));
+    }
     op.stop().await;
     env.cleanup().await;
 }

@@ -55,6 +55,9 @@ struct Args {
     /// Events per second; 0 publishes them all at once. One measurement per value.
     #[arg(long, value_delimiter = ',', default_value = "0,300")]
     rate: Vec<u32>,
+    /// How often the operator polls each game server's load (its default: 2 s).
+    #[arg(long, default_value_t = 2000)]
+    poll_ms: u64,
     #[arg(
         long,
         env = "TANKS_AMQP_URL",
@@ -284,6 +287,7 @@ async fn allocations(
     }
     let publish_secs = started.elapsed().as_secs_f64();
     let mut latencies = Vec::with_capacity(events);
+    let mut timeline = Vec::with_capacity(events);
     let mut seen = std::collections::HashSet::new();
     let mut last = started;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -297,11 +301,22 @@ async fn allocations(
         }
         let sent = published.lock().unwrap()[&name];
         latencies.push(at.saturating_duration_since(sent));
+        timeline.push((sent.duration_since(started), at.saturating_duration_since(sent)));
         last = last.max(at);
     }
     watch.abort();
     latencies.sort();
     eprintln!("published {events} events in {publish_secs:.2}s");
+    if let Some(dir) = std::env::var_os("ALLOC_BENCH_TIMELINE") {
+        // Each allocation's publish time and latency, to see when the slow ones happen.
+        timeline.sort();
+        let path = std::path::Path::new(&dir).join(format!("timeline-{round}.csv"));
+        let lines: String = timeline
+            .iter()
+            .map(|(sent, took)| format!("{:.4},{:.2}\n", sent.as_secs_f64(), took.as_secs_f64() * 1e3))
+            .collect();
+        std::fs::write(&path, format!("sent_s,latency_ms\n{lines}"))?;
+    }
     Ok(Row {
         what: if rate == 0 {
             "allocation burst".to_owned()
@@ -410,6 +425,7 @@ async fn main() -> anyhow::Result<()> {
         resolver: fake.resolver(),
         ..Default::default()
     };
+    let poll_ms = args.poll_ms;
     let operator = tokio::spawn({
         let (client, loads) = (client.clone(), loads.clone());
         async move {
@@ -417,7 +433,7 @@ async fn main() -> anyhow::Result<()> {
                 client,
                 config,
                 loads,
-                Duration::from_secs(2),
+                Duration::from_millis(poll_ms),
                 std::future::pending(),
             )
             .await

@@ -56,6 +56,9 @@ pub struct MatchConfig {
     pub metrics: Arc<Metrics>,
     /// Shared with the caller so tests and benchmarks can read the pending counts.
     pub view: Option<Arc<AllocationView>>,
+    /// Asks the GameFleet controller to reconcile a fleet that has Matches waiting for
+    /// room (it scales for them).
+    pub fleet_trigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<GameFleet>>>,
 }
 
 impl Default for MatchConfig {
@@ -76,6 +79,7 @@ impl Default for MatchConfig {
             follow_interval: Duration::from_secs(1),
             metrics: Arc::default(),
             view: None,
+            fleet_trigger: None,
         }
     }
 }
@@ -181,7 +185,10 @@ pub async fn run(
 
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
     tasks.0.push(tokio::spawn(follow_reports(
-        match_store.clone(),
+        FollowTargets {
+            matches: match_store.clone(),
+            fleets: config.fleet_trigger.clone(),
+        },
         loads,
         view,
         match_metrics,
@@ -243,16 +250,24 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Asks for a reconcile of every allocated Match whose server reports its session ended
-/// or its players in; keeps the pending gauge; forgets Matches that were deleted.
-async fn follow_reports(
+/// What [`follow_reports`] reads and wakes.
+struct FollowTargets {
     matches: Store<Match>,
+    fleets: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<GameFleet>>>,
+}
+
+/// Asks for a reconcile of every allocated Match whose server reports its session ended
+/// or its players in, and of every fleet with Matches waiting for room; keeps the
+/// pending gauge; forgets Matches that were deleted.
+async fn follow_reports(
+    targets: FollowTargets,
     loads: Arc<LoadIndex>,
     view: Arc<AllocationView>,
     metrics: Arc<MatchMetrics>,
     interval: Duration,
     trigger: futures::channel::mpsc::UnboundedSender<ObjectRef<Match>>,
 ) {
+    let FollowTargets { matches, fleets } = targets;
     loop {
         tokio::time::sleep(interval).await;
         let live: HashSet<String> = matches
@@ -268,6 +283,9 @@ async fn follow_reports(
                 .pending
                 .with_label_values(&[ns, name])
                 .set(i64::from(n));
+            if let Some(fleets) = &fleets {
+                let _ = fleets.unbounded_send(ObjectRef::new(name).within(ns));
+            }
         }
         // One look at each server's report (not one per match: thousands of matches
         // share a thousand servers).

@@ -31,6 +31,7 @@ use crate::domain::ports::PortAllocator;
 use crate::domain::scaling::{self, Buffer, Load, ScalingPolicy, Stabilizer};
 use crate::error::{Error, Result};
 use crate::index::{Expectations, LoadIndex, PortReservations};
+use crate::matches::view::AllocationView;
 use crate::metrics::Metrics;
 
 pub const FINALIZER: &str = "tanks.dev/drain-servers";
@@ -76,6 +77,9 @@ pub struct Context {
     pub stabilizers: Mutex<HashMap<String, Stabilizer>>,
     pub ports: Mutex<PortReservations>,
     pub settings: Settings,
+    /// Matches waiting for room, by fleet: demand the fleet scales for (none when the
+    /// Match controller is off).
+    pub pending_matches: Option<Arc<AllocationView>>,
 }
 
 impl Context {
@@ -108,6 +112,7 @@ impl Context {
             stabilizers: Mutex::default(),
             ports: Mutex::default(),
             settings,
+            pending_matches: None,
         }
     }
 }
@@ -300,7 +305,10 @@ pub async fn apply(fleet: Arc<GameFleet>, ctx: &Context) -> Result<Action> {
             .filter(stays)
             .filter(|s| s.sessions > 0)
             .count() as u32,
-        pending_sessions: 0,
+        pending_sessions: ctx
+            .pending_matches
+            .as_ref()
+            .map_or(0, |view| view.pending(&ns, &fleet.name_any())),
     };
     let rec = scaling::recommend(&scaling_policy, load);
     let current = servers.iter().filter(stays).filter(|s| s.current).count() as u32;

@@ -236,6 +236,8 @@ pub struct FakeServers {
     pub state: Arc<Mutex<HashMap<String, LoadReport>>>,
     pub drains: Arc<Mutex<Vec<String>>>,
     pub addr: Arc<Mutex<Option<SocketAddr>>>,
+    /// Servers not seen yet report unready (no match can be placed on them).
+    pub unready: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeServers {
@@ -253,9 +255,27 @@ impl FakeServers {
         fake
     }
 
+    /// Every server from now on reports unready, so Matches stay Pending.
+    pub fn all_unready(&self) {
+        self.unready
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for r in self.state.lock().unwrap().values_mut() {
+            r.ready = false;
+        }
+    }
+
+    fn new_report(&self, pod: &str) -> LoadReport {
+        LoadReport {
+            ready: !self.unready.load(std::sync::atomic::Ordering::Relaxed),
+            ..report(pod)
+        }
+    }
+
     pub fn set_sessions(&self, pod: &str, sessions: u32) {
         let mut state = self.state.lock().unwrap();
-        let r = state.entry(pod.to_owned()).or_insert_with(|| report(pod));
+        let r = state
+            .entry(pod.to_owned())
+            .or_insert_with(|| self.new_report(pod));
         r.sessions = sessions;
         r.players = sessions * 4;
     }
@@ -294,19 +314,16 @@ fn report(pod: &str) -> LoadReport {
 }
 
 async fn load(State(f): State<FakeServers>, Path(pod): Path<String>) -> Json<LoadReport> {
+    let fresh = f.new_report(&pod);
     let mut state = f.state.lock().unwrap();
-    Json(
-        state
-            .entry(pod.clone())
-            .or_insert_with(|| report(&pod))
-            .clone(),
-    )
+    Json(state.entry(pod).or_insert(fresh).clone())
 }
 
 async fn drain(State(f): State<FakeServers>, Path(pod): Path<String>) -> Json<LoadReport> {
     f.drains.lock().unwrap().push(pod.clone());
     let mut state = f.state.lock().unwrap();
-    let r = state.entry(pod.clone()).or_insert_with(|| report(&pod));
+    let fresh = f.new_report(&pod);
+    let r = state.entry(pod).or_insert(fresh);
     r.draining = true;
     Json(r.clone())
 }
@@ -338,8 +355,11 @@ pub fn start_operator(
     identity: &str,
     lease: bool,
 ) -> OperatorHandle {
-    tanks_core::telemetry::init_tracing();
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    launch(env, operator_config(env, fake, identity, lease), identity)
+}
+
+/// The configuration [`start_operator`] runs (no Match controller).
+pub fn operator_config(env: &TestEnv, fake: &FakeServers, identity: &str, lease: bool) -> Config {
     let mut config = Config {
         namespace: Some(env.ns.clone()),
         poll_interval: Duration::from_millis(300),
@@ -357,6 +377,13 @@ pub fn start_operator(
             renew_every: Duration::from_millis(500),
         });
     }
+    config
+}
+
+/// Runs an operator replica with this configuration in this process.
+pub fn launch(env: &TestEnv, config: Config, identity: &str) -> OperatorHandle {
+    tanks_core::telemetry::init_tracing();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let client = env.client.clone();
     let task = tokio::spawn(runtime::run(client, config, async move {
         let _ = rx.await;
