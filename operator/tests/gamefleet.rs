@@ -250,7 +250,11 @@ async fn pending_matches_scale_the_fleet_up() {
     env.fleets()
         .create(
             &PostParams::default(),
-            &fleet("arena", &env.ns).buffer_slots(0).min(1).max(10).build(),
+            &fleet("arena", &env.ns)
+                .buffer_slots(0)
+                .min(1)
+                .max(10)
+                .build(),
         )
         .await
         .unwrap();
@@ -283,7 +287,11 @@ async fn pending_matches_scale_the_fleet_up() {
         let name = m.name_any();
         let s = m.status.expect("a status");
         assert_eq!(s.phase, MatchPhase::Pending, "{name}");
-        assert!(s.reason.unwrap_or_default().contains("waiting for a game server"));
+        assert!(
+            s.reason
+                .unwrap_or_default()
+                .contains("waiting for a game server")
+        );
     }
     op.stop().await;
     env.cleanup().await;

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod pod_runner;
+pub mod process;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -47,6 +48,35 @@ pub async fn kube_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::C
         .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(raw, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// Applies CRDs by server-side apply and waits until the API server serves them.
+pub async fn apply_crds(
+    client: &kube::Client,
+    crds: impl IntoIterator<Item = k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>,
+) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::ResourceExt;
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::runtime::{conditions, wait::await_condition};
+
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crds {
+        let name = crd.name_any();
+        api.patch(
+            &name,
+            &PatchParams::apply("tanks-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            await_condition(api.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("CRD {name} not established within 30 s"))??;
+    }
+    Ok(())
 }
 
 fn env_or(key: &str, default: &str) -> String {

@@ -17,15 +17,13 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{conditions, wait::await_condition};
 use kube::{Client, ResourceExt};
 use lapin::options::BasicGetOptions;
 use serde_json::{Value, json};
@@ -35,6 +33,7 @@ use tanks_core::token::TokenSigner;
 use tanks_operator::api::{GameFleet, Match, MatchPhase};
 use tanks_operator::matches::naming::match_name;
 use tanks_testkit::pod_runner::{self, RunnerConfig, RunnerNode};
+use tanks_testkit::process::{KillOnDrop, free_port, workspace_binary};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -47,46 +46,9 @@ const PORT_RANGE: (u16, u16) = (7000, 7099);
 /// `Finished` comes that long after the bot leaves.
 const FINISH_WAIT: Duration = Duration::from_secs(100);
 
-/// The folder the workspace's binaries are built into (above the test's own `deps`).
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir")
-        .to_owned()
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`)",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A child process, killed when dropped (also when the test panics).
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(name: &str, args: &[String], envs: &[(&str, String)], log: &Path) -> Process {
+fn spawn(name: &str, args: &[String], envs: &[(&str, String)], log: &Path) -> KillOnDrop {
     let out = std::fs::File::create(log).expect("log file");
-    let mut cmd = Command::new(binary(name));
+    let mut cmd = Command::new(workspace_binary(name));
     cmd.args(args)
         // The services the test is told about are not the processes' business: each
         // gets exactly the brokers its flags name.
@@ -96,7 +58,7 @@ fn spawn(name: &str, args: &[String], envs: &[(&str, String)], log: &Path) -> Pr
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out);
-    Process(
+    KillOnDrop(
         cmd.spawn()
             .unwrap_or_else(|e| panic!("starting {name}: {e}")),
     )
@@ -184,27 +146,6 @@ impl Setup {
     }
 }
 
-async fn apply_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in tanks_operator::api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("tanks-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("CRD established within 30 s")
-        .expect("watch");
-    }
-}
-
 /// The fleet: one server of 2 sessions × 2 players, pinned to the runner's node (and
 /// tolerating its taint, which keeps other tests' pods off it). The game server takes
 /// what the operator injects (`TANKS_GAME_PORT`, `TANKS_SERVER_NAME`, capacity) through
@@ -278,7 +219,12 @@ async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
     let client = tanks_testkit::kube_client(&kubeconfig)
         .await
         .expect("kube client");
-    apply_crds(&client).await;
+    tanks_testkit::apply_crds(
+        &client,
+        tanks_operator::api::crds().into_iter().map(|(_, c)| c),
+    )
+    .await
+    .expect("CRDs applied");
 
     let ns = tanks_testkit::unique("e2e-match");
     let dir = std::env::temp_dir().join(&ns);
@@ -325,7 +271,12 @@ async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
         client.clone(),
         RunnerConfig {
             nodes: vec![node.clone()],
-            bin_dirs: vec![bin_dir()],
+            bin_dirs: vec![
+                workspace_binary("gameserver")
+                    .parent()
+                    .expect("the binaries' folder")
+                    .to_owned(),
+            ],
             log_dir: dir.join("pods"),
             max_pods: 10,
         },

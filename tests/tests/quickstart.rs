@@ -2,45 +2,14 @@
 //! started with no configuration beyond their ports, serve a player from registration
 //! to a move seen in a `game_update` (the `demo-bot` binary plays it).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tanks_testkit::process::{KillOnDrop, free_port, workspace_binary};
+
 /// `cargo test --workspace` builds every binary into the folder above the test's own.
-fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace (`cargo test --workspace`) first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(name: &str, args: &[String]) -> Server {
-    let child = Command::new(binary(name))
+fn start(name: &str, args: &[String]) -> KillOnDrop {
+    let child = Command::new(workspace_binary(name))
         .args(args)
         .env_remove("KAFKA_BOOTSTRAP_SERVERS")
         .env_remove("REDIS_URL")
@@ -52,7 +21,7 @@ fn start(name: &str, args: &[String]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-    Server(child)
+    KillOnDrop(child)
 }
 
 fn wait_for_tcp(port: u16) {
@@ -95,7 +64,7 @@ fn a_player_registers_logs_in_joins_moves_and_leaves() {
     wait_for_tcp(auth);
     wait_for_tcp(tcp);
 
-    let out = Command::new(binary("demo-bot"))
+    let out = Command::new(workspace_binary("demo-bot"))
         .args(["--auth", &addr(auth), "--game", &addr(udp)])
         .output()
         .expect("run demo-bot");

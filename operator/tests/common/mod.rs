@@ -13,9 +13,7 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::{conditions, wait::await_condition};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tanks_core::protocol::control::LoadReport;
@@ -34,24 +32,12 @@ pub async fn client() -> Client {
 }
 
 pub async fn apply_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in tanks_operator::api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("tanks-operator-tests").force(),
-            &Patch::Apply(crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            Duration::from_secs(20),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("CRD established in time")
-        .expect("watch");
-    }
+    tanks_testkit::apply_crds(
+        client,
+        tanks_operator::api::crds().into_iter().map(|(_, c)| c),
+    )
+    .await
+    .expect("CRDs applied");
 }
 
 /// A temporary namespace labelled `tanks.dev/test=operator`, with its own tainted kwok

@@ -5,10 +5,8 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{conditions, wait::await_condition};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
 pub async fn client() -> Client {
@@ -20,24 +18,12 @@ pub async fn client() -> Client {
 
 /// Applies every CRD of the operator and waits until they are served.
 pub async fn apply_crds(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in tanks_operator::api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("tanks-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .expect("apply CRD");
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .expect("CRD established in time")
-        .expect("watch");
-    }
+    tanks_testkit::apply_crds(
+        client,
+        tanks_operator::api::crds().into_iter().map(|(_, c)| c),
+    )
+    .await
+    .expect("CRDs applied");
 }
 
 pub async fn namespace(client: &Client, prefix: &str) -> String {
