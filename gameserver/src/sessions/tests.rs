@@ -396,3 +396,64 @@ async fn end_all_finishes_every_session() {
     assert_eq!(m.load_report().finished[0].reason, "server_shutdown");
     assert_eq!(m.tanks_in_use(), 0);
 }
+
+/// The exact bytes of a `game_update` and a `tank_moved` batch, so that faster
+/// writers stay byte-compatible with the seed's messages: acks, a destroyed tank,
+/// whole, one- and two-decimal coordinates, and a player id that needs escaping.
+#[tokio::test]
+async fn snapshots_and_move_batches_keep_their_exact_bytes() {
+    let (mut m, _memory, _pump) = manager_with(|c| {
+        c.rules.shot_cooldown_ticks = 1;
+        c.rules.damage = 100;
+        c.rules.shot_range = 5000.0;
+    });
+    let odd_id = "a\"1\\é";
+    let (session, a) = joined(m.join(odd_id, addr(1), false, None));
+    joined(m.join("b", addr(2), false, None));
+    let mut out = Outbox::default();
+    let mut deferred = Vec::new();
+    let mut tick = |m: &mut SessionManager| {
+        m.step(&mut out);
+        m.take_deferred(&mut deferred);
+        let batch = deferred.pop().expect("a tank_moved batch");
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        let payload = text(&batch.payload);
+        // The timestamp as written: the shortest text of the tick's `f64`.
+        let timestamp = payload
+            .split(r#""timestamp":"#)
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .unwrap()
+            .to_owned();
+        let parsed: f64 = timestamp.parse().unwrap();
+        assert_eq!(parsed.to_string(), timestamp);
+        (text(out.get(0).1), payload, timestamp)
+    };
+
+    m.queue_move(odd_id, None, [123.45, 7.5], Some(41)).unwrap();
+    m.queue_shot("b", None, Some(&a.id), Some(7)).unwrap();
+    let (snapshot, batch, ts) = tick(&mut m);
+    assert_eq!(
+        snapshot,
+        r#"{"action":"game_update","seq":1,"tanks":[{"id":"tank_0","position":[102.46,90.31],"health":0,"ack":41,"alive":false},{"id":"tank_1","position":[405.15,603.09],"health":100,"ack":7}]}"#
+    );
+    assert_eq!(
+        batch,
+        format!(
+            r#"{{"event_type":"tank_moved","timestamp":{ts},"session_id":"{session}","tick":1,"moves":[{{"tank_id":"tank_0","player_id":"a\"1\\é","position":[102.46,90.31]}},{{"tank_id":"tank_1","player_id":"b","position":[405.15,603.09]}}]}}"#
+        )
+    );
+
+    m.queue_move("b", None, [400.0, 600.5], Some(8)).unwrap();
+    let (snapshot, batch, ts) = tick(&mut m);
+    assert_eq!(
+        snapshot,
+        r#"{"action":"game_update","seq":2,"tanks":[{"id":"tank_0","position":[102.46,90.31],"health":0,"ack":41,"alive":false},{"id":"tank_1","position":[400,600.5],"health":100,"ack":8}]}"#
+    );
+    assert_eq!(
+        batch,
+        format!(
+            r#"{{"event_type":"tank_moved","timestamp":{ts},"session_id":"{session}","tick":2,"moves":[{{"tank_id":"tank_1","player_id":"b","position":[400,600.5]}}]}}"#
+        )
+    );
+}
