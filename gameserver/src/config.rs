@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use tanks_core::events::{KafkaSettings, SinkConfig};
 use tanks_core::protocol::control::DEFAULT_CONTROL_PORT;
 use tanks_core::protocol::game::{DEFAULT_METRICS_PORT, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT};
@@ -137,6 +138,27 @@ pub struct Args {
     /// UDP socket send and receive buffer, bytes.
     #[arg(long, env = "GAMESERVER_SOCKET_BUFFER", default_value_t = 8 << 20)]
     pub socket_buffer: usize,
+    /// The control secret itself, from the operator's `TANKS_CONTROL_TOKEN` (never a flag:
+    /// a secret on the command line shows in `ps`).
+    #[arg(skip)]
+    pub control_secret: Option<String>,
+}
+
+/// What the operator's pod template sets in every game-server container. Each fills the
+/// setting of the same meaning when neither its flag nor its `GAMESERVER_*` variable is
+/// given, so a GameFleet template needs no arguments at all.
+pub mod operator_env {
+    /// The game port (the pod's host port): the UDP port to listen on.
+    pub const GAME_PORT: &str = "TANKS_GAME_PORT";
+    /// The pod name.
+    pub const SERVER_NAME: &str = "TANKS_SERVER_NAME";
+    pub const SESSIONS_PER_SERVER: &str = "TANKS_SESSIONS_PER_SERVER";
+    pub const PLAYERS_PER_SESSION: &str = "TANKS_PLAYERS_PER_SESSION";
+    /// The fleet: its presence means the server runs under the operator, where tokens
+    /// are mandatory unless `--require-token false` says otherwise.
+    pub const FLEET: &str = "TANKS_FLEET";
+    /// The control interface's bearer secret (when no secret file is given).
+    pub const CONTROL_TOKEN: &str = "TANKS_CONTROL_TOKEN";
 }
 
 /// Everything the server needs to start, built from [`Args`] or directly by tests.
@@ -193,14 +215,81 @@ impl Settings {
 }
 
 impl Args {
+    /// The command line and environment, then the operator's variables where neither
+    /// set a value (see [`operator_env`]). Exits with clap's message on bad flags.
+    pub fn from_env() -> anyhow::Result<Args> {
+        let matches = Args::command().get_matches();
+        let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        args.apply_operator_env(&matches, |key| std::env::var(key).ok())?;
+        Ok(args)
+    }
+
+    /// Fills unset settings from the operator's variables, as `env` returns them.
+    pub fn apply_operator_env(
+        &mut self,
+        matches: &ArgMatches,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<()> {
+        let unset = |id: &str| {
+            matches
+                .value_source(id)
+                .is_none_or(|s| s == ValueSource::DefaultValue)
+        };
+        let var = |key: &str| env(key).filter(|v| !v.trim().is_empty());
+        let number = |key: &str, raw: String| {
+            raw.trim()
+                .parse::<u32>()
+                .map_err(|e| anyhow::anyhow!("{key}={raw:?} is not a number: {e}"))
+        };
+        if unset("udp_addr")
+            && let Some(raw) = var(operator_env::GAME_PORT)
+        {
+            let port =
+                u16::try_from(number(operator_env::GAME_PORT, raw.clone())?).map_err(|_| {
+                    anyhow::anyhow!("{}={raw:?} is not a port", operator_env::GAME_PORT)
+                })?;
+            self.udp_addr.set_port(port);
+        }
+        if unset("server_name")
+            && let Some(name) = var(operator_env::SERVER_NAME)
+        {
+            self.server_name = Some(name);
+        }
+        if unset("max_sessions")
+            && let Some(raw) = var(operator_env::SESSIONS_PER_SERVER)
+        {
+            self.max_sessions = number(operator_env::SESSIONS_PER_SERVER, raw)? as usize;
+        }
+        if unset("players_per_session")
+            && let Some(raw) = var(operator_env::PLAYERS_PER_SESSION)
+        {
+            self.players_per_session = number(operator_env::PLAYERS_PER_SESSION, raw)? as usize;
+        }
+        if unset("require_token") && var(operator_env::FLEET).is_some() {
+            self.require_token = true;
+        }
+        if self.control_secret_file.is_none() {
+            self.control_secret = var(operator_env::CONTROL_TOKEN);
+        }
+        Ok(())
+    }
+
     pub fn into_settings(self) -> anyhow::Result<Settings> {
         let mut defaults = Vec::new();
         let (signer, dev_key) = TokenSigner::from_key_file(self.token_key_file.as_deref())?;
         if dev_key {
             defaults.push("development token key");
         }
-        let control_secret = match &self.control_secret_file {
-            Some(path) => {
+        let control_secret = match (&self.control_secret_file, &self.control_secret) {
+            (None, Some(secret)) => {
+                anyhow::ensure!(
+                    secret.trim().len() >= 16,
+                    "{} is shorter than 16 characters",
+                    operator_env::CONTROL_TOKEN
+                );
+                secret.trim().to_owned()
+            }
+            (Some(path), _) => {
                 let raw = std::fs::read_to_string(path).map_err(|e| {
                     anyhow::anyhow!("reading control secret {}: {e}", path.display())
                 })?;
@@ -212,7 +301,7 @@ impl Args {
                 );
                 secret
             }
-            None => {
+            (None, None) => {
                 defaults.push("development control secret");
                 DEVELOPMENT_CONTROL_SECRET.to_owned()
             }
@@ -297,6 +386,76 @@ mod tests {
         );
         assert_eq!(settings.command_queue, "player_commands");
         assert_eq!(settings.manager.players_per_session, 14);
+    }
+
+    fn with_operator_env(argv: &[&str], env: &[(&str, &str)]) -> anyhow::Result<Args> {
+        let matches = Args::command().try_get_matches_from(argv).unwrap();
+        let mut args = Args::from_arg_matches(&matches).unwrap();
+        args.apply_operator_env(&matches, |key| {
+            env.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        })?;
+        Ok(args)
+    }
+
+    #[test]
+    fn the_operators_variables_fill_what_no_flag_set() {
+        let env = [
+            ("TANKS_GAME_PORT", "7003"),
+            ("TANKS_SERVER_NAME", "arena-x7k2p"),
+            ("TANKS_SESSIONS_PER_SERVER", "8"),
+            ("TANKS_PLAYERS_PER_SESSION", "4"),
+            ("TANKS_FLEET", "arena"),
+            ("TANKS_CONTROL_TOKEN", "a-control-token-of-some-length"),
+        ];
+        let args = with_operator_env(&["gameserver"], &env).unwrap();
+        assert_eq!(args.udp_addr, SocketAddr::from(([0, 0, 0, 0], 7003)));
+        assert_eq!(args.server_name.as_deref(), Some("arena-x7k2p"));
+        assert_eq!((args.max_sessions, args.players_per_session), (8, 4));
+        assert!(
+            args.require_token,
+            "tokens are mandatory under the operator"
+        );
+        let settings = args.into_settings().unwrap();
+        assert_eq!(settings.control_secret, "a-control-token-of-some-length");
+        assert!(
+            !settings
+                .defaults_in_use
+                .contains(&"development control secret")
+        );
+        assert_eq!(settings.manager.max_sessions, 8);
+
+        // Flags win over the operator's variables.
+        let args = with_operator_env(
+            &[
+                "gameserver",
+                "--udp-addr",
+                "127.0.0.1:9000",
+                "--max-sessions",
+                "2",
+                "--require-token",
+                "false",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(args.udp_addr.port(), 9000);
+        assert_eq!(args.max_sessions, 2);
+        assert!(!args.require_token);
+
+        // Garbage is an error that names the variable.
+        let err = with_operator_env(&["gameserver"], &[("TANKS_GAME_PORT", "99999")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TANKS_GAME_PORT"), "{err}");
+        let err = with_operator_env(&["gameserver"], &[("TANKS_SESSIONS_PER_SERVER", "many")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TANKS_SESSIONS_PER_SERVER"), "{err}");
+        let short =
+            with_operator_env(&["gameserver"], &[("TANKS_CONTROL_TOKEN", "short")]).unwrap();
+        assert!(short.into_settings().is_err());
     }
 
     #[test]

@@ -4,14 +4,13 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use gameserver::config::Args;
 use tanks_core::telemetry;
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = Args::from_env();
     telemetry::init_tracing();
-    let settings = match args.into_settings() {
+    let settings = match args.and_then(Args::into_settings) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("gameserver: {e:#}");

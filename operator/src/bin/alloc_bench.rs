@@ -301,7 +301,10 @@ async fn allocations(
         }
         let sent = published.lock().unwrap()[&name];
         latencies.push(at.saturating_duration_since(sent));
-        timeline.push((sent.duration_since(started), at.saturating_duration_since(sent)));
+        timeline.push((
+            sent.duration_since(started),
+            at.saturating_duration_since(sent),
+        ));
         last = last.max(at);
     }
     watch.abort();
@@ -313,7 +316,13 @@ async fn allocations(
         let path = std::path::Path::new(&dir).join(format!("timeline-{round}.csv"));
         let lines: String = timeline
             .iter()
-            .map(|(sent, took)| format!("{:.4},{:.2}\n", sent.as_secs_f64(), took.as_secs_f64() * 1e3))
+            .map(|(sent, took)| {
+                format!(
+                    "{:.4},{:.2}\n",
+                    sent.as_secs_f64(),
+                    took.as_secs_f64() * 1e3
+                )
+            })
             .collect();
         std::fs::write(&path, format!("sent_s,latency_ms\n{lines}"))?;
     }
