@@ -152,73 +152,103 @@ impl Row {
     }
 }
 
-/// The API server alone: create a Match and patch its status, `concurrency` at once.
-async fn ceiling(client: &Client, concurrency: usize, count: usize) -> anyhow::Result<Row> {
+/// What one allocation writes, and nothing else: the Match the consumer makes of event
+/// `i`, then the status patch the operator makes. Returns how long both took.
+async fn write_like_an_allocation(api: &Api<Match>, i: usize) -> anyhow::Result<Duration> {
+    let id = format!("c-{i:06}");
+    let event = MatchRequest::new(id.clone(), vec![format!("{id}-a"), format!("{id}-b")]);
+    let m =
+        to_match(&serde_json::to_vec(&event)?, None, Some("tanks")).map_err(anyhow::Error::msg)?;
+    let name = m.name_any();
+    let t = Instant::now();
+    api.create(&PostParams::default(), &m).await?;
+    let status = MatchStatus {
+        phase: MatchPhase::Allocated,
+        game_server: Some("tanks-00001".into()),
+        endpoint: Some(MatchEndpoint {
+            address: "127.0.0.2".into(),
+            port: 7001,
+            protocol: "UDP".into(),
+        }),
+        session_id: Some(format!("session-{i}")),
+        allocated_at: Some(Timestamp::now().to_string()),
+        observed_generation: Some(1),
+        conditions: vec![Condition {
+            type_: "Allocated".into(),
+            status: "True".into(),
+            reason: "SessionCreated".into(),
+            message: "session on tanks-00001".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::now()),
+        }],
+        ..Default::default()
+    };
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    api.patch_status(&name, &params, &Patch::<()>::Json(status_patch(&status)?))
+        .await?;
+    Ok(t.elapsed())
+}
+
+/// The API server alone: [`write_like_an_allocation`] `count` times, either with
+/// `concurrency` clients back to back (`rate` 0: its throughput), or one write started
+/// every 1/`rate` s (its latency at that load, as the allocation run sees it).
+async fn ceiling(
+    client: &Client,
+    concurrency: usize,
+    count: usize,
+    rate: u32,
+) -> anyhow::Result<Row> {
     let ns = namespace(client, "alloc-ceiling").await?;
     let api: Api<Match> = Api::namespaced(client.clone(), &ns);
-    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (api, next) = (api.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
-                // The very Match the consumer makes of an event.
-                let id = format!("c-{i:06}");
-                let event =
-                    MatchRequest::new(id.clone(), vec![format!("{id}-a"), format!("{id}-b")]);
-                let m = to_match(&serde_json::to_vec(&event)?, None, Some("tanks"))
-                    .map_err(anyhow::Error::msg)?;
-                let name = m.name_any();
-                let t = Instant::now();
-                api.create(&PostParams::default(), &m).await?;
-                // The very write the operator makes: its status, its patch.
-                let status = MatchStatus {
-                    phase: MatchPhase::Allocated,
-                    game_server: Some("tanks-00001".into()),
-                    endpoint: Some(MatchEndpoint {
-                        address: "127.0.0.2".into(),
-                        port: 7001,
-                        protocol: "UDP".into(),
-                    }),
-                    session_id: Some(format!("session-{i}")),
-                    allocated_at: Some(Timestamp::now().to_string()),
-                    observed_generation: Some(1),
-                    conditions: vec![Condition {
-                        type_: "Allocated".into(),
-                        status: "True".into(),
-                        reason: "SessionCreated".into(),
-                        message: "session on tanks-00001".into(),
-                        observed_generation: Some(1),
-                        last_transition_time: Time(Timestamp::now()),
-                    }],
-                    ..Default::default()
-                };
-                let params = PatchParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..Default::default()
-                };
-                api.patch_status(&name, &params, &Patch::<()>::Json(status_patch(&status)?))
-                    .await?;
-                latencies.push(t.elapsed());
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::new();
-    for w in workers {
-        latencies.extend(w.await??);
+    let mut latencies = Vec::with_capacity(count);
+    if rate == 0 {
+        let next = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..concurrency)
+            .map(|_| {
+                let (api, next) = (api.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut latencies = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            break;
+                        }
+                        latencies.push(write_like_an_allocation(&api, i).await?);
+                    }
+                    anyhow::Ok(latencies)
+                })
+            })
+            .collect();
+        for w in workers {
+            latencies.extend(w.await??);
+        }
+    } else {
+        let mut writes = Vec::with_capacity(count);
+        for i in 0..count {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let api = api.clone();
+            writes.push(tokio::spawn(async move {
+                write_like_an_allocation(&api, i).await
+            }));
+        }
+        for w in writes {
+            latencies.push(w.await??);
+        }
     }
     let secs = started.elapsed().as_secs_f64();
     latencies.sort();
     remove_namespace(client, &ns).await?;
     Ok(Row {
-        what: format!("api-ceiling c={concurrency}"),
+        what: if rate == 0 {
+            format!("api-ceiling c={concurrency}")
+        } else {
+            format!("api-ceiling at {rate}/s")
+        },
         count: latencies.len(),
         secs,
         p50: percentile(&latencies, 0.5),
@@ -462,13 +492,19 @@ async fn main() -> anyhow::Result<()> {
 
     println!("what,count,seconds,per_second,p50_ms,p99_ms");
     for (round, &rate) in args.rate.iter().enumerate() {
-        let ceiling = ceiling(&client, args.concurrency as usize, args.events).await?;
-        ceiling.print();
+        let raw = ceiling(&client, args.concurrency as usize, args.events, 0).await?;
+        raw.print();
+        if rate > 0 {
+            // The API server's own latency at this load: the floor under the allocation's.
+            ceiling(&client, args.concurrency as usize, args.events, rate)
+                .await?
+                .print();
+        }
         let row = allocations(&client, &ns, &publisher, &queue, round, args.events, rate).await?;
         row.print();
         println!(
             "ratio,{:.2}",
-            (row.count as f64 / row.secs) / (ceiling.count as f64 / ceiling.secs)
+            (row.count as f64 / row.secs) / (raw.count as f64 / raw.secs)
         );
     }
     let over = fake.peak_over_capacity();
