@@ -373,6 +373,16 @@ async fn allocations(
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
+    // Allocated sessions stay for the whole run: every round needs room of its own.
+    let slots = args.servers * args.capacity as usize;
+    let wanted = args.events * args.rate.len();
+    anyhow::ensure!(
+        slots >= wanted,
+        "{} servers x {} sessions = {slots} slots, fewer than the {wanted} matches of {} rounds: raise --capacity",
+        args.servers,
+        args.capacity,
+        args.rate.len()
+    );
     let client = client(&args.kubeconfig.clone().unwrap_or_else(kubeconfig_default)).await?;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
@@ -490,30 +500,37 @@ async fn main() -> anyhow::Result<()> {
     }
     eprintln!("every server reported; measuring");
 
-    println!("what,count,seconds,per_second,p50_ms,p99_ms");
-    for (round, &rate) in args.rate.iter().enumerate() {
-        let raw = ceiling(&client, args.concurrency as usize, args.events, 0).await?;
-        raw.print();
-        if rate > 0 {
-            // The API server's own latency at this load: the floor under the allocation's.
-            ceiling(&client, args.concurrency as usize, args.events, rate)
-                .await?
-                .print();
+    // Cleanup runs whatever the measurement's outcome: a failed run must not leave a
+    // thousand pods behind to slow down the next one.
+    let measured = async {
+        println!("what,count,seconds,per_second,p50_ms,p99_ms");
+        for (round, &rate) in args.rate.iter().enumerate() {
+            let raw = ceiling(&client, args.concurrency as usize, args.events, 0).await?;
+            raw.print();
+            if rate > 0 {
+                // The API server's own latency at this load: the floor under the allocation's.
+                ceiling(&client, args.concurrency as usize, args.events, rate)
+                    .await?
+                    .print();
+            }
+            let row =
+                allocations(&client, &ns, &publisher, &queue, round, args.events, rate).await?;
+            row.print();
+            println!(
+                "ratio,{:.2}",
+                (row.count as f64 / row.secs) / (raw.count as f64 / raw.secs)
+            );
         }
-        let row = allocations(&client, &ns, &publisher, &queue, round, args.events, rate).await?;
-        row.print();
-        println!(
-            "ratio,{:.2}",
-            (row.count as f64 / row.secs) / (raw.count as f64 / raw.secs)
+        let over = fake.peak_over_capacity();
+        let doubled = fake.doubly_placed();
+        eprintln!(
+            "servers over capacity: {}; matches on two servers: {}",
+            over.len(),
+            doubled.len()
         );
+        anyhow::Ok(())
     }
-    let over = fake.peak_over_capacity();
-    let doubled = fake.doubly_placed();
-    eprintln!(
-        "servers over capacity: {}; matches on two servers: {}",
-        over.len(),
-        doubled.len()
-    );
+    .await;
 
     operator.abort();
     remove_namespace(&client, &ns).await?;
@@ -526,5 +543,5 @@ async fn main() -> anyhow::Result<()> {
         .channel()
         .queue_delete(format!("{queue}.dead").as_str().into(), Default::default())
         .await;
-    Ok(())
+    measured
 }
