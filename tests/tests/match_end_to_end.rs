@@ -694,9 +694,24 @@ async fn play(s: &Setup, publisher: &Publisher, operator_metrics: &str) {
         "the endpoint stays"
     );
 
+    // The phase recorder polls every 50 ms: let it see the Finished the probe just saw
+    // before stopping it (aborting at once raced with its next poll).
+    let recorded = wait_for(
+        "the phase recorder to see Finished",
+        Duration::from_secs(5),
+        || async {
+            let seen = phases.lock().unwrap().clone();
+            if seen.last() == Some(&MatchPhase::Finished) {
+                Ok(seen)
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
     watch_phases.abort();
     reader.abort();
-    let seen = phases.lock().unwrap().clone();
+    let seen = recorded;
     let order: Vec<MatchPhase> = seen
         .into_iter()
         .filter(|p| *p != MatchPhase::Pending)
