@@ -19,7 +19,7 @@
 //! call is idempotent on the match id), so it is never allocated twice.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use crate::domain::allocation::{self, Slotted, Strategy};
@@ -230,13 +230,16 @@ impl AllocationView {
                 .get(fleet_key)
                 .map(|s| s.at.elapsed() >= self.refresh)
         };
+        // The read lock guards no data: a reader that panicked leaves nothing half
+        // done, so a poisoned lock is taken as it is (else no fleet is read again).
         let reading = match state {
             Some(false) => return,
             Some(true) => match self.reading.try_lock() {
                 Ok(guard) => guard,
-                Err(_) => return,
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(TryLockError::WouldBlock) => return,
             },
-            None => self.reading.lock().expect("allocation view read lock"),
+            None => self.reading.lock().unwrap_or_else(PoisonError::into_inner),
         };
         // Another caller may have read it while this one waited.
         let fresh = self
