@@ -90,6 +90,13 @@ pub struct SendStats {
     pub failed: u64,
 }
 
+impl SendStats {
+    pub fn add(&mut self, other: SendStats) {
+        self.sent += other.sent;
+        self.failed += other.failed;
+    }
+}
+
 /// Sends an [`Outbox`] [`SEND_BATCH`] datagrams per syscall, with reused headers.
 pub struct Sender {
     headers: MultiHeaders<SockaddrStorage>,
@@ -107,8 +114,20 @@ impl Default for Sender {
 
 impl Sender {
     pub fn send(&mut self, socket: &UdpSocket, outbox: &Outbox) -> SendStats {
+        self.send_range(socket, outbox, 0..outbox.len())
+    }
+
+    /// Sends the outbox's datagrams `range` (a share of a tick's snapshots).
+    pub fn send_range(
+        &mut self,
+        socket: &UdpSocket,
+        outbox: &Outbox,
+        range: Range<usize>,
+    ) -> SendStats {
         let fd = socket.as_raw_fd();
-        send_in_batches(outbox.len(), SEND_BATCH, |range| {
+        let offset = range.start;
+        send_in_batches(range.len(), SEND_BATCH, |range| {
+            let range = range.start + offset..range.end + offset;
             self.addrs.clear();
             self.addrs
                 .extend(range.clone().map(|i| Some(outbox.get(i).0.into())));
@@ -132,6 +151,22 @@ impl Sender {
             Ok(results.count())
         })
     }
+}
+
+/// Splits `0..total` into at most `parts` contiguous shares of nearly equal size,
+/// and at most one share per `min_share` items (a share's thread must be worth its
+/// start). Never empty: `0..0` is one share.
+pub fn shares(total: usize, parts: usize, min_share: usize) -> Vec<Range<usize>> {
+    let parts = parts.max(1).min(total.div_ceil(min_share.max(1))).max(1);
+    let per = total.div_ceil(parts).max(1);
+    let mut out: Vec<_> = (0..parts)
+        .map(|k| (per * k).min(total)..(per * (k + 1)).min(total))
+        .filter(|r| !r.is_empty())
+        .collect();
+    if out.is_empty() {
+        out.push(0..0);
+    }
+    out
 }
 
 /// Sends items `0..total` in batches of at most `batch` through `send`, which sends
@@ -215,6 +250,63 @@ mod tests {
         assert_eq!(stats, SendStats { sent: 0, failed: 2 });
         let stats = send_in_batches(0, 64, |_| unreachable!());
         assert_eq!(stats, SendStats::default());
+    }
+
+    #[test]
+    fn shares_cover_everything_once_and_are_not_too_small() {
+        assert_eq!(shares(5000, 2, 512), [0..2500, 2500..5000]);
+        assert_eq!(shares(5001, 3, 512), [0..1667, 1667..3334, 3334..5001]);
+        // Too few datagrams for a second thread.
+        assert_eq!(shares(600, 2, 512), [0..300, 300..600]);
+        let one = |r: std::ops::Range<usize>| vec![r];
+        assert_eq!(shares(500, 4, 512), one(0..500));
+        assert_eq!(shares(0, 2, 512), one(0..0));
+        assert_eq!(shares(7, 0, 0), one(0..7));
+    }
+
+    #[test]
+    fn shares_sent_from_two_threads_arrive_once_each() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let mut out = Outbox::default();
+        // Few enough for the client's default receive buffer.
+        for i in 0..150 {
+            out.begin();
+            write!(out.writer(), "{i}").unwrap();
+            out.send_to(client.local_addr().unwrap());
+        }
+        let parts = shares(out.len(), 2, 50);
+        assert_eq!(parts.len(), 2);
+        let stats: Vec<SendStats> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|r| {
+                    let (server, out, r) = (&server, &out, r.clone());
+                    scope.spawn(move || Sender::default().send_range(server, out, r))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(stats.iter().map(|s| s.sent).sum::<u64>(), 150);
+        let mut receiver = Receiver::default();
+        let mut got = Vec::new();
+        while got.len() < 150 {
+            receiver
+                .recv(&client, |bytes, _| {
+                    got.push(
+                        std::str::from_utf8(bytes)
+                            .unwrap()
+                            .parse::<usize>()
+                            .unwrap(),
+                    )
+                })
+                .unwrap();
+        }
+        got.sort_unstable();
+        assert_eq!(got, (0..150).collect::<Vec<_>>());
     }
 
     #[test]

@@ -138,6 +138,11 @@ pub struct Args {
     /// UDP socket send and receive buffer, bytes.
     #[arg(long, env = "GAMESERVER_SOCKET_BUFFER", default_value_t = 8 << 20)]
     pub socket_buffer: usize,
+    /// Threads sending each tick's snapshots (at least 1). The kernel's loopback or
+    /// NIC path costs microseconds per datagram: at 5,000 players one thread spent
+    /// half the tick period sending, and the last players' snapshots left that late.
+    #[arg(long, env = "GAMESERVER_SEND_THREADS", default_value_t = 2)]
+    pub send_threads: usize,
     /// The control secret itself, from the operator's `TANKS_CONTROL_TOKEN` (never a flag:
     /// a secret on the command line shows in `ps`).
     #[arg(skip)]
@@ -182,6 +187,7 @@ pub struct Settings {
     pub rate_limit: RateLimit,
     pub drain_timeout: Duration,
     pub socket_buffer: usize,
+    pub send_threads: usize,
     /// What runs on embedded defaults, for the first log line.
     pub defaults_in_use: Vec<&'static str>,
 }
@@ -209,6 +215,7 @@ impl Settings {
             rate_limit: RateLimit::default(),
             drain_timeout: Duration::from_secs(5),
             socket_buffer: 4 << 20,
+            send_threads: 2,
             defaults_in_use: Vec::new(),
         }
     }
@@ -358,6 +365,7 @@ impl Args {
             },
             drain_timeout: Duration::from_secs(self.drain_seconds),
             socket_buffer: self.socket_buffer,
+            send_threads: self.send_threads.max(1),
             defaults_in_use: defaults,
         })
     }

@@ -6,8 +6,8 @@ use tanks_core::events::EventMetrics;
 /// Tick and send durations, in seconds. A 30 Hz tick has 33 ms; the work in it
 /// should take well under 2 ms, so the buckets are dense from 50 µs to 5 ms.
 const TICK_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.001_5, 0.002, 0.003, 0.005,
-    0.01, 0.02, 0.033, 0.1,
+    0.000_05, 0.000_1, 0.000_2, 0.000_3, 0.000_5, 0.000_75, 0.001, 0.001_25, 0.001_5, 0.001_75,
+    0.002, 0.002_5, 0.003, 0.005, 0.01, 0.02, 0.033, 0.1,
 ];
 
 #[derive(Clone)]

@@ -104,6 +104,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         completed,
         control: tick_control.clone(),
+        send_threads: settings.send_threads,
     };
     let tick_thread = std::thread::Builder::new()
         .name("tick".into())

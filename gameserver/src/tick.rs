@@ -1,7 +1,8 @@
 //! The fixed-rate tick: a dedicated thread that, every period, advances the
 //! simulation under the session lock, then sends the tick's snapshots with the lock
 //! released, so inputs keep flowing while the kernel copies datagrams. Snapshots
-//! leave [`crate::batch::SEND_BATCH`] per `sendmmsg`.
+//! leave [`crate::batch::SEND_BATCH`] per `sendmmsg`, split between
+//! [`Ticker::send_threads`] threads.
 
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -10,10 +11,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use crate::batch::Sender;
+use crate::batch::{SendStats, Sender};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::udp::SharedManager;
+
+/// Below this many datagrams per share, one more sending thread costs more than it saves.
+const PARALLEL_SEND_MIN: usize = 512;
 
 /// What the tick thread should do next, set by the server's shutdown sequence.
 #[derive(Clone, Default)]
@@ -41,6 +45,8 @@ pub struct Ticker {
     /// command has been applied.
     pub completed: watch::Sender<u64>,
     pub control: TickControl,
+    /// Threads sending a tick's snapshots, each its own contiguous share.
+    pub send_threads: usize,
 }
 
 impl Ticker {
@@ -99,12 +105,45 @@ impl Ticker {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Sends the outbox, in parallel shares when there are several senders and
+    /// enough datagrams to be worth a thread. The helpers are scoped threads spawned
+    /// per tick: tens of microseconds, 30 times a second, for no shared queue or
+    /// lifecycle to get wrong. (Each helper makes its own [`Sender`]: its syscall
+    /// headers hold raw pointers and may not cross threads.)
     fn send(&self, sender: &mut Sender, outbox: &Outbox) {
         if outbox.is_empty() {
             return;
         }
         let started = Instant::now();
-        let stats = sender.send(&self.socket, outbox);
+        let shares = crate::batch::shares(outbox.len(), self.send_threads, PARALLEL_SEND_MIN);
+        let socket = &*self.socket;
+        let stats = std::thread::scope(|scope| {
+            let mut stats = SendStats::default();
+            let mut helpers = Vec::with_capacity(shares.len());
+            for range in &shares[1..] {
+                let range = range.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("tick-send".into())
+                    .spawn_scoped(scope, {
+                        let range = range.clone();
+                        move || Sender::default().send_range(socket, outbox, range)
+                    });
+                match spawned {
+                    Ok(helper) => helpers.push((helper, range)),
+                    // No thread to be had: send that share here, later but sent.
+                    Err(_) => stats.add(sender.send_range(socket, outbox, range)),
+                }
+            }
+            stats.add(sender.send_range(socket, outbox, shares[0].clone()));
+            for (helper, range) in helpers {
+                match helper.join() {
+                    Ok(s) => stats.add(s),
+                    // Only a panic in the kernel interface's wrapper gets here.
+                    Err(_) => stats.failed += range.len() as u64,
+                }
+            }
+            stats
+        });
         self.metrics.datagrams_out.inc_by(stats.sent);
         self.metrics.send_errors.inc_by(stats.failed);
         self.metrics

@@ -2,9 +2,12 @@
 //! parses, and either answers at once (joins, leaves, errors) or queues the input
 //! for the next tick. Snapshots are sent by the tick thread ([`crate::tick`]).
 //!
-//! A plain blocking thread rather than async tasks: no wake-ups, and one `recvmmsg`
-//! takes every datagram already queued (up to [`crate::batch::RECV_BATCH`]), into buffers reused
-//! from call to call.
+//! A plain blocking thread rather than async tasks: one `recvmmsg` takes every
+//! datagram already queued (up to [`crate::batch::RECV_BATCH`]), into buffers reused
+//! from call to call. While datagrams keep coming it polls every
+//! [`POLL_WHILE_BUSY`] instead of blocking: at thousands of players a wake-up per
+//! datagram or two cost more CPU than the datagrams, and inputs wait for the tick
+//! anyway.
 
 use std::io::Write;
 use std::net::{SocketAddr, UdpSocket};
@@ -35,6 +38,12 @@ pub const MSG_BUSY: &str = "Server busy";
 
 /// Most sources the rate limiter tracks.
 const MAX_SOURCES: usize = 200_000;
+
+/// How long the receive thread sleeps after draining the socket while players are
+/// sending. Inputs are applied at the next tick (33 ms at 30 Hz), so this delays none
+/// of them by a tick unless they arrive within it of the tick's start; a join's answer
+/// comes this much later at most. An idle server blocks instead (see [`UdpHandler::run`]).
+pub const POLL_WHILE_BUSY: Duration = Duration::from_millis(1);
 
 /// Binds the play socket with large buffers: a tick's snapshots leave in a burst, and
 /// inputs from thousands of players arrive in bursts too.
@@ -106,15 +115,23 @@ impl UdpHandler {
     }
 
     /// Receives until `stop` is set (checked at least every read timeout).
+    ///
+    /// A full batch means more are queued: take them at once. A partial one drained
+    /// the socket: sleep [`POLL_WHILE_BUSY`], so the next datagrams queue up without
+    /// waking this thread, and take them together. The batch after that blocks if
+    /// the socket is still empty, so an idle server does not spin.
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         let mut receiver = Receiver::default();
         while !stop.load(Ordering::Relaxed) {
-            self.receive_batch(&mut receiver);
+            let received = self.receive_batch(&mut receiver);
+            if received > 0 && received < crate::batch::RECV_BATCH {
+                std::thread::sleep(POLL_WHILE_BUSY);
+            }
         }
     }
 
-    /// Waits for datagrams and handles each of one batch.
-    pub fn receive_batch(&mut self, receiver: &mut Receiver) {
+    /// Waits for datagrams and handles each of one batch; returns how many it took.
+    pub fn receive_batch(&mut self, receiver: &mut Receiver) -> usize {
         let socket = self.socket.clone();
         // A batch is what was queued at one instant: one clock read, taken when the
         // first datagram is in (not before the wait), serves it all.
@@ -124,10 +141,12 @@ impl UdpHandler {
             self.handle(bytes, from, now);
         };
         match receiver.recv(&socket, handle) {
-            Ok(_) | Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+            Ok(received) => received,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => 0,
             Err(e) => {
                 // ICMP errors from earlier sends surface here; they are not ours to fix.
                 tracing::debug!(error = %e, "UDP receive error");
+                0
             }
         }
     }
