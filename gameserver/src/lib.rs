@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod metrics;
+pub mod moves;
 pub mod outbox;
 pub mod pool;
 pub mod rate_limit;

@@ -12,16 +12,16 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
-use std::io::Write;
 use std::net::SocketAddr;
 
-use tanks_core::events::{self, EventPublisher, Record};
+use tanks_core::events::{self, EventPublisher};
 use tanks_core::protocol::control::{
     CreateSession, FinishedSession, LoadReport, MatchSession, SessionCreated,
 };
-use tanks_core::protocol::game::{GameEvent, MSG_NO_TANKS, SessionEvent, TANK_MOVED, TankState};
+use tanks_core::protocol::game::{GameEvent, MSG_NO_TANKS, SessionEvent, TankState};
 use tanks_core::token::unix_now;
 
+use crate::moves::MoveBatches;
 use crate::outbox::{Outbox, write_coord, write_i64, write_u64};
 use crate::pool::{TankIdx, TankPool};
 use crate::rules::{Rules, ShotRefused, Tank};
@@ -218,12 +218,9 @@ pub struct SessionManager {
     /// Coordinate batches of the last tick, published by the tick thread once the
     /// session lock is released: each publish may wake the event pump's thread, and
     /// hundreds of wake-ups per tick were most of a tick's time at 5,000 players.
-    deferred: Vec<Record>,
+    deferred: MoveBatches,
     /// Scratch, reused every tick.
     ending: Vec<(SessionKey, &'static str, Option<u8>)>,
-    /// The start of every `tank_moved` batch of this tick, up to the session id:
-    /// the timestamp is the same for all of them, so it is formatted once.
-    moves_header: Vec<u8>,
 }
 
 impl SessionManager {
@@ -244,8 +241,7 @@ impl SessionManager {
             tick: 0,
             events,
             ending: Vec::new(),
-            deferred: Vec::new(),
-            moves_header: Vec::new(),
+            deferred: MoveBatches::default(),
             config,
         }
     }
@@ -641,13 +637,6 @@ impl SessionManager {
         let publish_coordinates =
             self.config.coordinates_every > 0 && now.is_multiple_of(self.config.coordinates_every);
         let timestamp = events::timestamp_now();
-        if publish_coordinates {
-            self.moves_header.clear();
-            let _ = write!(
-                self.moves_header,
-                r#"{{"event_type":"{TANK_MOVED}","timestamp":{timestamp},"session_id":""#
-            );
-        }
         for key in 0..self.sessions.len() {
             let Some(session) = self.sessions[key].as_mut() else {
                 continue;
@@ -706,8 +695,7 @@ impl SessionManager {
                 session.seq += 1;
                 write_snapshot(out, session, pool);
                 if publish_coordinates {
-                    let header = &self.moves_header;
-                    publish_moves(&mut self.deferred, header, session, pool, now);
+                    capture_moves(&mut self.deferred, session, pool, now, timestamp);
                 }
             }
         }
@@ -722,10 +710,10 @@ impl SessionManager {
         stats
     }
 
-    /// Moves the last tick's coordinate batches into `out`, for the caller to publish
-    /// after releasing the lock.
-    pub fn take_deferred(&mut self, out: &mut Vec<Record>) {
-        out.append(&mut self.deferred);
+    /// Moves the last tick's coordinate batches into `out`, for the caller to write
+    /// and publish after releasing the lock ([`MoveBatches::drain_records`]).
+    pub fn take_deferred(&mut self, out: &mut MoveBatches) {
+        self.deferred.take_into(out);
     }
 
     /// A handle to the event publisher, for publishing deferred records.
@@ -1034,47 +1022,23 @@ fn write_position(w: &mut Vec<u8>, position: [f64; 2]) {
     w.push(b']');
 }
 
-/// The session's `tank_moved` batch for this tick, written by hand like the
-/// snapshot (serde here cost four times the rest of the tick at 5,000 players), in
-/// the shape of [`TankMovedBatch`]. `header` is the batch's start up to the
-/// session id, the same for every session of the tick.
-///
-/// [`TankMovedBatch`]: tanks_core::protocol::game::TankMovedBatch
-fn publish_moves(
-    deferred: &mut Vec<Record>,
-    header: &[u8],
+/// Captures the session's moves of this tick for its `tank_moved` batch
+/// (see [`crate::moves`]).
+fn capture_moves(
+    deferred: &mut MoveBatches,
     session: &mut Session,
     pool: &TankPool,
     tick: u64,
+    timestamp: f64,
 ) {
     if !session.players.iter().any(|p| p.moved_unpublished) {
         return;
     }
-    // One allocation per session per tick: the record owns its payload until the
-    // event pump has sent it.
-    let mut payload = Vec::with_capacity(header.len() + 64 + 96 * session.players.len());
-    payload.extend_from_slice(header);
-    payload.extend_from_slice(session.id.as_bytes());
-    payload.extend_from_slice(br#"","tick":"#);
-    write_u64(&mut payload, tick);
-    payload.extend_from_slice(br#","moves":["#);
-    let mut first = true;
+    deferred.begin(&session.id, tick, timestamp);
     for p in session.players.iter_mut().filter(|p| p.moved_unpublished) {
-        if !first {
-            payload.push(b',');
-        }
-        first = false;
-        payload.extend_from_slice(&p.prefixes.moved);
-        write_position(&mut payload, pool.get(p.tank).position);
-        payload.push(b'}');
+        deferred.push(&p.prefixes.moved, pool.get(p.tank).position);
         p.moved_unpublished = false;
     }
-    payload.extend_from_slice(b"]}");
-    deferred.push(Record {
-        topic: events::TANK_COORDINATES_HISTORY,
-        key: session.id.clone(),
-        payload,
-    });
 }
 
 #[cfg(test)]

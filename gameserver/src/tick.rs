@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::batch::{SendStats, Sender};
 use crate::metrics::Metrics;
+use crate::moves::MoveBatches;
 use crate::outbox::Outbox;
 use crate::udp::SharedManager;
 
@@ -55,7 +56,7 @@ impl Ticker {
         let period = Duration::from_secs(1) / rate;
         let mut outbox = Outbox::default();
         let mut sender = Sender::default();
-        let mut deferred = Vec::new();
+        let mut deferred = MoveBatches::default();
         let events = self.lock().events();
         let mut next = Instant::now() + period;
         while self.control.running() {
@@ -75,9 +76,10 @@ impl Ticker {
                 .tick_seconds
                 .observe(started.elapsed().as_secs_f64());
             self.send(&mut sender, &outbox);
-            for record in deferred.drain(..) {
+            // Written here, after the snapshots left and without the lock.
+            deferred.drain_records(|record| {
                 events.publish_raw(record);
-            }
+            });
             self.completed.send_replace(tick);
             let now = Instant::now();
             if now > next + period {

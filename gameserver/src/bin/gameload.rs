@@ -207,7 +207,7 @@ async fn tickbench(players: usize, ticks: u64, coordinates_every: u64) -> anyhow
         manager.join(id, addr, false, None);
     }
     let mut out = Outbox::default();
-    let mut deferred = Vec::new();
+    let mut deferred = gameserver::moves::MoveBatches::default();
     let events = manager.events();
     let mut publish_ms = Vec::with_capacity(ticks as usize);
     let mut durations = Vec::with_capacity(ticks as usize);
@@ -222,9 +222,9 @@ async fn tickbench(players: usize, ticks: u64, coordinates_every: u64) -> anyhow
         // As the tick thread does: events are published after the lock is released.
         let publishing = Instant::now();
         manager.take_deferred(&mut deferred);
-        for record in deferred.drain(..) {
+        deferred.drain_records(|record| {
             events.publish_raw(record);
-        }
+        });
         publish_ms.push(publishing.elapsed().as_secs_f64() * 1000.0);
         tokio::task::yield_now().await; // let the event pump run
     }

@@ -411,11 +411,13 @@ async fn snapshots_and_move_batches_keep_their_exact_bytes() {
     let (session, a) = joined(m.join(odd_id, addr(1), false, None));
     joined(m.join("b", addr(2), false, None));
     let mut out = Outbox::default();
-    let mut deferred = Vec::new();
+    let mut deferred = crate::moves::MoveBatches::default();
     let mut tick = |m: &mut SessionManager| {
         m.step(&mut out);
         m.take_deferred(&mut deferred);
-        let batch = deferred.pop().expect("a tank_moved batch");
+        let mut records = Vec::new();
+        deferred.drain_records(|r| records.push(r));
+        let batch = records.pop().expect("a tank_moved batch");
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
         let payload = text(&batch.payload);
         // The timestamp as written: the shortest text of the tick's `f64`.
