@@ -40,9 +40,10 @@ pub const MSG_BUSY: &str = "Server busy";
 const MAX_SOURCES: usize = 200_000;
 
 /// How long the receive thread sleeps after draining the socket while players are
-/// sending. Inputs are applied at the next tick (33 ms at 30 Hz), so this delays none
-/// of them by a tick unless they arrive within it of the tick's start; a join's answer
-/// comes this much later at most. An idle server blocks instead (see [`UdpHandler::run`]).
+/// sending. Inputs are applied at the next tick (33 ms at 30 Hz): only one that lands
+/// in the last millisecond before a tick can miss it and wait for the one after; a
+/// join's answer comes at most this much later. An idle server blocks instead (see
+/// [`UdpHandler::run`]).
 pub const POLL_WHILE_BUSY: Duration = Duration::from_millis(1);
 
 /// Binds the play socket with large buffers: a tick's snapshots leave in a burst, and
