@@ -58,6 +58,10 @@ struct Args {
     /// How often the operator polls each game server's load (its default: 2 s).
     #[arg(long, default_value_t = 2000)]
     poll_ms: u64,
+    /// Publish each allocation for the matchmaker (as the operator does when it has a
+    /// broker), waiting for the broker's confirm before the status write.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    publish_results: bool,
     #[arg(
         long,
         env = "TANKS_AMQP_URL",
@@ -453,6 +457,7 @@ async fn main() -> anyhow::Result<()> {
 
     let fake = FakeServers::start(args.capacity).await?;
     let queue = unique("bench-matchmaking-events");
+    let results = unique("bench-match-allocations");
     let publisher = Publisher::connect(&args.amqp).await?;
     publisher.declare(&queue).await?;
     let loads = Arc::new(LoadIndex::default());
@@ -472,6 +477,9 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         }),
         resolver: fake.resolver(),
+        publish: args
+            .publish_results
+            .then(|| (args.amqp.clone(), results.clone())),
         ..Default::default()
     };
     let poll_ms = args.poll_ms;
@@ -528,6 +536,13 @@ async fn main() -> anyhow::Result<()> {
             over.len(),
             doubled.len()
         );
+        if args.publish_results {
+            // Every allocation is published at least once (a retried step may repeat one).
+            let published = queue_length(&publisher, &results).await?;
+            let allocated = args.events * args.rate.len();
+            eprintln!("allocations published for the matchmaker: {published} of {allocated}");
+            anyhow::ensure!(published >= allocated, "allocations went unpublished");
+        }
         anyhow::Ok(())
     }
     .await;
@@ -539,9 +554,32 @@ async fn main() -> anyhow::Result<()> {
         .channel()
         .queue_delete(queue.as_str().into(), Default::default())
         .await;
-    let _ = publisher
-        .channel()
-        .queue_delete(format!("{queue}.dead").as_str().into(), Default::default())
-        .await;
+    for q in [
+        queue.clone(),
+        format!("{queue}.dead"),
+        results.clone(),
+        format!("{results}.dead"),
+    ] {
+        let _ = publisher
+            .channel()
+            .queue_delete(q.as_str().into(), Default::default())
+            .await;
+    }
     measured
+}
+
+/// Messages waiting in `queue` (a passive declare: fails if it does not exist).
+async fn queue_length(publisher: &Publisher, queue: &str) -> anyhow::Result<usize> {
+    let declared = publisher
+        .channel()
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+    Ok(declared.message_count() as usize)
 }
