@@ -23,7 +23,9 @@ use crate::domain::fleet::ReportView;
 
 #[derive(Debug, Clone, Default)]
 pub struct LoadEntry {
-    pub report: Option<LoadReport>,
+    /// Shared: the allocator reads every server's entry several times a second, and a
+    /// report lists each live session by name.
+    pub report: Option<Arc<LoadReport>>,
     pub last_ok: Option<Instant>,
     /// When polls started failing (cleared by a good poll).
     pub failing_since: Option<Instant>,
@@ -78,7 +80,7 @@ impl LoadIndex {
                                 report.draining,
                             )
                     });
-                entry.report = Some(report);
+                entry.report = Some(Arc::new(report));
                 entry.last_ok = Some(now);
                 entry.failing_since = None;
                 changed
@@ -98,7 +100,7 @@ impl LoadIndex {
         let entry = entries.entry(key.to_owned()).or_default();
         entry.drain_requested = true;
         if let Some(report) = report {
-            entry.report = Some(report);
+            entry.report = Some(Arc::new(report));
             entry.last_ok = Some(Instant::now());
             entry.failing_since = None;
         }

@@ -62,6 +62,10 @@ struct Args {
     /// broker), waiting for the broker's confirm before the status write.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     publish_results: bool,
+    /// Time each allocation to the watch event that shows its endpoint (a second watch of
+    /// every Match) instead of to the operator's status write returning.
+    #[arg(long)]
+    watch_latency: bool,
     #[arg(
         long,
         env = "TANKS_AMQP_URL",
@@ -260,23 +264,40 @@ async fn ceiling(
     })
 }
 
+/// Where allocations are reported done: by the operator's hook right after its status
+/// write returned (the default), or by a watch of this tool's own.
+struct Done {
+    tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
+    watch_latency: bool,
+}
+
 /// Publishes `events` matchmaking events (at `rate`/s, or at once) and times each until
 /// its Match shows an endpoint.
 async fn allocations(
     client: &Client,
     ns: &str,
-    publisher: &Publisher,
-    queue: &str,
+    rabbit: (&Publisher, &str),
+    done: &mut Done,
     round: usize,
     events: usize,
     rate: u32,
 ) -> anyhow::Result<Row> {
+    let (publisher, queue) = rabbit;
+    let Done {
+        tx: done_tx,
+        rx: done_rx,
+        watch_latency,
+    } = done;
+    let watch_latency = *watch_latency;
     let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let api: Api<Match> = Api::namespaced(client.clone(), ns);
-    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let watch = tokio::spawn({
-        let api = api.clone();
-        async move {
+    // With `--watch-latency` the tool times each Match to the watch event showing its
+    // endpoint, as a client watching would see it: a second watch of every Match (the
+    // operator's is the first), which costs the API server and this process their share.
+    let watch = watch_latency.then(|| {
+        let api: Api<Match> = Api::namespaced(client.clone(), ns);
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
             let mut stream = watcher(api, watcher::Config::default())
                 .default_backoff()
                 .applied_objects()
@@ -290,7 +311,7 @@ async fn allocations(
                     let _ = done_tx.send((m.name_any(), Instant::now()));
                 }
             }
-        }
+        })
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     let prefix = format!("r{round}-");
@@ -341,7 +362,9 @@ async fn allocations(
         ));
         last = last.max(at);
     }
-    watch.abort();
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     latencies.sort();
     eprintln!("published {events} events in {publish_secs:.2}s");
     if let Some(dir) = std::env::var_os("ALLOC_BENCH_TIMELINE") {
@@ -461,7 +484,7 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::connect(&args.amqp).await?;
     publisher.declare(&queue).await?;
     let loads = Arc::new(LoadIndex::default());
-    let config = MatchConfig {
+    let mut config = MatchConfig {
         namespace: Some(ns.clone()),
         concurrency: args.concurrency,
         settings: MatchSettings {
@@ -481,6 +504,18 @@ async fn main() -> anyhow::Result<()> {
             .publish_results
             .then(|| (args.amqp.clone(), results.clone())),
         ..Default::default()
+    };
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    if !args.watch_latency {
+        let done_tx = done_tx.clone();
+        config.on_allocated = Some(Arc::new(move |_ns: &str, name: &str| {
+            let _ = done_tx.send((name.to_owned(), Instant::now()));
+        }));
+    }
+    let mut done = Done {
+        tx: done_tx,
+        rx: done_rx,
+        watch_latency: args.watch_latency,
     };
     let poll_ms = args.poll_ms;
     let operator = tokio::spawn({
@@ -521,8 +556,16 @@ async fn main() -> anyhow::Result<()> {
                     .await?
                     .print();
             }
-            let row =
-                allocations(&client, &ns, &publisher, &queue, round, args.events, rate).await?;
+            let row = allocations(
+                &client,
+                &ns,
+                (&publisher, &queue),
+                &mut done,
+                round,
+                args.events,
+                rate,
+            )
+            .await?;
             row.print();
             println!(
                 "ratio,{:.2}",

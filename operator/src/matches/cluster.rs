@@ -48,12 +48,7 @@ pub fn server_info(pod: &Pod, loads: &LoadIndex) -> ServerInfo {
         info.draining = r.draining || entry.drain_requested;
         info.capacity = r.session_capacity;
         info.other_sessions = r.sessions.saturating_sub(r.matches.len() as u32);
-        info.live = r
-            .matches
-            .iter()
-            .map(|m| (m.match_id.clone(), m.players))
-            .collect();
-        info.finished = r.finished.iter().map(|f| f.match_id.clone()).collect();
+        info.report = Some(r);
     }
     info
 }

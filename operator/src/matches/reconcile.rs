@@ -91,7 +91,15 @@ pub struct MatchContext {
     /// [`AllocationView`]); `None` in unit tests.
     pub rebuild: Option<Rebuild>,
     pub rebuilt: tokio::sync::OnceCell<()>,
+    /// Called once a Match's endpoint is in its status (see [`AllocatedHook`]).
+    pub on_allocated: Option<AllocatedHook>,
 }
+
+/// Told `(namespace, name)` of each Match right after the status write that gave it
+/// its endpoint returned: the moment the allocation is durable in the API server. Lets
+/// an embedding program (the allocation benchmark) time allocations without a watch of
+/// its own, which would cost the API server a second stream of every Match event.
+pub type AllocatedHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// What the view is rebuilt from. The first reconcile runs it: the controller starts
 /// reconciling only once its Match cache is complete, and the caller starts the
@@ -359,6 +367,9 @@ async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
             ..Default::default()
         };
         write_status(m, ctx, &status).await?;
+        if let Some(hook) = &ctx.on_allocated {
+            hook(&ns, &name);
+        }
         ctx.match_metrics
             .allocations
             .with_label_values(&["allocated"])

@@ -118,6 +118,7 @@ fn fixture(servers: Vec<(&str, &str, u16, LoadReport)>, refuse: &[&str]) -> Fixt
         settings: MatchSettings::default(),
         rebuild: None,
         rebuilt: Default::default(),
+        on_allocated: None,
     });
     Fixture {
         ctx,

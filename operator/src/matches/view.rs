@@ -19,8 +19,11 @@
 //! call is idempotent on the match id), so it is never allocated twice.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError, TryLockError};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
+
+use tanks_core::protocol::control::LoadReport;
 
 use crate::domain::allocation::{self, Slotted, Strategy};
 
@@ -35,10 +38,32 @@ pub struct ServerInfo {
     pub capacity: u32,
     /// Sessions not created for a Match (counted, never matched by name).
     pub other_sessions: u32,
-    /// Live match sessions by match id (the Match name), with their players.
-    pub live: HashMap<String, u32>,
-    /// Match sessions the server reports ended.
-    pub finished: HashSet<String>,
+    /// The last load report: its live match sessions (by match id, the Match name) and
+    /// those it says ended. Shared with the load index, not copied: the view reads every
+    /// server several times a second.
+    pub report: Option<Arc<LoadReport>>,
+}
+
+impl ServerInfo {
+    /// Match ids the report lists live and not ended.
+    pub fn live_matches(&self) -> Vec<&str> {
+        let Some(r) = self.report.as_deref() else {
+            return Vec::new();
+        };
+        let live = r.matches.iter().map(|m| m.match_id.as_str());
+        if r.finished.is_empty() {
+            return live.collect();
+        }
+        let ended: HashSet<&str> = r.finished.iter().map(|f| f.match_id.as_str()).collect();
+        live.filter(|m| !ended.contains(m)).collect()
+    }
+
+    fn lists_live(&self, name: &str) -> bool {
+        self.report.as_deref().is_some_and(|r| {
+            r.matches.iter().any(|m| m.match_id == name)
+                && !r.finished.iter().any(|f| f.match_id == name)
+        })
+    }
 }
 
 /// Where the view learns about servers: the pod cache and load reports in the operator,
@@ -57,20 +82,32 @@ struct Snapshot {
     slots: Vec<Slotted>,
     /// Server key → position.
     index: HashMap<String, usize>,
-    /// Match name → position of the server whose report lists it live.
-    hosting: HashMap<String, usize>,
+    /// Hash of a match name → position of the server whose report lists it live. By
+    /// hash, not by name: it is rebuilt with every read (a thousand servers, tens of
+    /// sessions each), and a hit is checked against that server's report.
+    hosting: HashMap<u64, usize>,
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl Snapshot {
     fn new(servers: Vec<ServerInfo>, on_server: &HashMap<String, HashSet<String>>) -> Self {
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut hosting = HashMap::new();
         let slots = servers
             .iter()
-            .map(|s| Slotted {
-                name: s.name.clone(),
-                ready: s.ready,
-                draining: s.draining,
-                capacity: s.capacity,
-                used: used(s, on_server.get(&s.key)),
+            .enumerate()
+            .map(|(i, s)| {
+                let live = s.live_matches();
+                for m in &live {
+                    hosting.insert(hasher.hash_one(m), i);
+                }
+                Slotted {
+                    name: s.name.clone(),
+                    ready: s.ready,
+                    draining: s.draining,
+                    capacity: s.capacity,
+                    used: used(s.other_sessions, &live, on_server.get(&s.key)),
+                }
             })
             .collect();
         let index = servers
@@ -78,24 +115,29 @@ impl Snapshot {
             .enumerate()
             .map(|(i, s)| (s.key.clone(), i))
             .collect();
-        let hosting = servers
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| s.live.keys().map(move |m| (m.clone(), i)))
-            .collect();
         Snapshot {
             at: Instant::now(),
             servers,
             slots,
             index,
             hosting,
+            hasher,
         }
     }
 
     /// Whether the server's report already counts this match's session.
     fn reports(&self, i: usize, name: &str) -> bool {
-        let s = &self.servers[i];
-        s.live.contains_key(name) && !s.finished.contains(name)
+        self.servers[i].lists_live(name)
+    }
+
+    /// The server whose report lists this match live.
+    fn hosting(&self, name: &str) -> Option<usize> {
+        let i = *self.hosting.get(&self.hasher.hash_one(name))?;
+        if self.reports(i, name) {
+            return Some(i);
+        }
+        // Two names with one hash: the map kept the other; look everywhere.
+        (0..self.servers.len()).find(|&i| self.reports(i, name))
     }
 }
 
@@ -280,7 +322,7 @@ impl AllocationView {
         let snapshot = &inner.snapshots[&fleet_key];
 
         // A server already hosting this match (allocated by a previous process): adopt it.
-        if let Some(&i) = snapshot.hosting.get(name) {
+        if let Some(i) = snapshot.hosting(name) {
             let server = snapshot.servers[i].key.clone();
             inner.assign(&match_key, name, &server);
             inner.remove_pending(&fleet_key, &match_key);
@@ -406,13 +448,12 @@ impl AllocationView {
 
 /// Slots in use: sessions not made for matches, plus the union of the matches assigned
 /// here and those the report lists live.
-fn used(server: &ServerInfo, assigned: Option<&HashSet<String>>) -> u32 {
-    let reported = server
-        .live
-        .keys()
-        .filter(|m| !server.finished.contains(*m) && assigned.is_none_or(|a| !a.contains(*m)))
+fn used(other_sessions: u32, live: &[&str], assigned: Option<&HashSet<String>>) -> u32 {
+    let reported = live
+        .iter()
+        .filter(|m| assigned.is_none_or(|a| !a.contains(**m)))
         .count() as u32;
-    server.other_sessions + reported + assigned.map_or(0, |a| a.len() as u32)
+    other_sessions + reported + assigned.map_or(0, |a| a.len() as u32)
 }
 
 #[cfg(test)]
@@ -473,12 +514,35 @@ mod tests {
         assert_eq!(v.pending("ns", "f"), 0);
     }
 
+    fn report(live: &[&str], finished: &[&str]) -> Option<Arc<LoadReport>> {
+        use tanks_core::protocol::control::{FinishedSession, MatchSession};
+        Some(Arc::new(LoadReport {
+            matches: live
+                .iter()
+                .map(|m| MatchSession {
+                    match_id: (*m).into(),
+                    session_id: format!("s-{m}"),
+                    players: 1,
+                    created_at: 0,
+                })
+                .collect(),
+            finished: finished
+                .iter()
+                .map(|m| FinishedSession {
+                    match_id: (*m).into(),
+                    session_id: format!("s-{m}"),
+                    finished_at: 0,
+                    reason: "completed".into(),
+                })
+                .collect(),
+            ..Default::default()
+        }))
+    }
+
     #[test]
     fn reports_and_reservations_are_counted_once() {
         let mut a = server("a", 3);
-        a.live.insert("m0".into(), 2);
-        a.live.insert("other".into(), 1);
-        a.finished.insert("other".into());
+        a.report = report(&["m0", "other"], &["other"]);
         a.other_sessions = 1;
         let (v, _) = view(vec![a]);
         v.observe("ns", "m0", Some("a"), true);
@@ -492,7 +556,7 @@ mod tests {
     fn a_restart_adopts_the_server_that_already_hosts_the_match() {
         let mut a = server("a", 4);
         let b = server("b", 4);
-        a.live.insert("m-lost".into(), 0);
+        a.report = report(&["m-lost"], &[]);
         let (v, _) = view(vec![b, a]);
         // Distributed would choose the empty b; the report says a already has it.
         assert_eq!(
