@@ -313,7 +313,10 @@ async fn allocations(
             }
         })
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    if watch.is_some() {
+        // Let the watch list and start following before the first publish.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let prefix = format!("r{round}-");
     // Publishes are pipelined (up to PUBLISH_WINDOW awaiting their confirm), as a
     // matchmaker serving many players would: one confirmed publish at a time would make

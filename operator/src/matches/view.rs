@@ -46,7 +46,7 @@ pub struct ServerInfo {
 
 impl ServerInfo {
     /// Match ids the report lists live and not ended.
-    pub fn live_matches(&self) -> Vec<&str> {
+    fn live_matches(&self) -> Vec<&str> {
         let Some(r) = self.report.as_deref() else {
             return Vec::new();
         };
