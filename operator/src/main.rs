@@ -11,7 +11,7 @@ use tanks_operator::matches::consumer::ConsumerConfig;
 use tanks_operator::matches::reconcile::MatchSettings;
 use tanks_operator::matches::runtime::MatchConfig;
 use tanks_operator::reconcile::Settings;
-use tanks_operator::runtime::{Config, run};
+use tanks_operator::runtime::{Config, run, tokio_runtime};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -66,14 +66,20 @@ struct Args {
     /// Finished and Failed Matches are deleted after this long.
     #[arg(long, env = "OPERATOR_MATCH_TTL_SECONDS", default_value_t = 300)]
     match_ttl_seconds: u64,
+    /// Async worker threads: 1 runs everything on one thread, 0 one per core.
+    #[arg(long, env = "OPERATOR_WORKER_THREADS", default_value_t = 1)]
+    worker_threads: usize,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tokio_runtime(args.worker_threads)?.block_on(operate(args))
+}
+
+async fn operate(args: Args) -> anyhow::Result<()> {
     // kube brings rustls; install one provider before any TLS connection.
     let _ = rustls::crypto::ring::default_provider().install_default();
     tanks_core::telemetry::init_tracing();
-    let args = Args::parse();
     let identity = args.identity.clone().unwrap_or_else(|| {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into());
         format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])

@@ -34,6 +34,8 @@ use tanks_operator::matches::consumer::{ConsumerConfig, to_match};
 use tanks_operator::matches::fake_servers::FakeServers;
 use tanks_operator::matches::reconcile::{MANAGER, MatchSettings, status_patch};
 use tanks_operator::matches::runtime::{MatchConfig, run_standalone};
+use tanks_operator::metrics::Metrics;
+use tanks_operator::runtime::tokio_runtime;
 
 /// Matchmaking events awaiting their publisher confirm at once.
 const PUBLISH_WINDOW: usize = 256;
@@ -66,6 +68,13 @@ struct Args {
     /// every Match) instead of to the operator's status write returning.
     #[arg(long)]
     watch_latency: bool,
+    /// Also watch the ceiling's Matches during its writes (as the operator watches its
+    /// own): what a watch costs the API server.
+    #[arg(long)]
+    ceiling_watch: bool,
+    /// Async worker threads of this process (the operator's default: 1; 0 is one per core).
+    #[arg(long, default_value_t = 1)]
+    worker_threads: usize,
     #[arg(
         long,
         env = "TANKS_AMQP_URL",
@@ -147,6 +156,10 @@ struct Row {
 }
 
 impl Row {
+    fn per_second(&self) -> f64 {
+        self.count as f64 / self.secs
+    }
+
     fn print(&self) {
         println!(
             "{},{},{:.2},{:.0},{:.1},{:.1}",
@@ -208,9 +221,14 @@ async fn ceiling(
     concurrency: usize,
     count: usize,
     rate: u32,
+    watched: bool,
 ) -> anyhow::Result<Row> {
     let ns = namespace(client, "alloc-ceiling").await?;
     let api: Api<Match> = Api::namespaced(client.clone(), &ns);
+    let watch = watched.then(|| {
+        let stream = watcher(api.clone(), watcher::Config::default()).default_backoff();
+        tokio::spawn(stream.for_each(|_| async {}))
+    });
     let started = Instant::now();
     let mut latencies = Vec::with_capacity(count);
     if rate == 0 {
@@ -249,6 +267,9 @@ async fn ceiling(
         }
     }
     let secs = started.elapsed().as_secs_f64();
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     latencies.sort();
     remove_namespace(client, &ns).await?;
     Ok(Row {
@@ -399,10 +420,13 @@ async fn allocations(
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tokio_runtime(args.worker_threads)?.block_on(bench(args))
+}
+
+async fn bench(args: Args) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // Allocated sessions stay for the whole run: every round needs room of its own.
     let slots = args.servers * args.capacity as usize;
     let wanted = args.events * args.rate.len();
@@ -487,7 +511,9 @@ async fn main() -> anyhow::Result<()> {
     let publisher = Publisher::connect(&args.amqp).await?;
     publisher.declare(&queue).await?;
     let loads = Arc::new(LoadIndex::default());
+    let metrics = Arc::new(Metrics::default());
     let mut config = MatchConfig {
+        metrics: metrics.clone(),
         namespace: Some(ns.clone()),
         concurrency: args.concurrency,
         settings: MatchSettings {
@@ -550,15 +576,32 @@ async fn main() -> anyhow::Result<()> {
     // thousand pods behind to slow down the next one.
     let measured = async {
         println!("what,count,seconds,per_second,p50_ms,p99_ms");
+        println!("step NAME,mean_ms,p99_at_most_ms");
+        // Closed-loop raw phases, and each round's allocation row.
+        let (mut raws, mut rounds): (Vec<Row>, Vec<Row>) = (Vec::new(), Vec::new());
         for (round, &rate) in args.rate.iter().enumerate() {
-            let raw = ceiling(&client, args.concurrency as usize, args.events, 0).await?;
+            let raw = ceiling(
+                &client,
+                args.concurrency as usize,
+                args.events,
+                0,
+                args.ceiling_watch,
+            )
+            .await?;
             raw.print();
             if rate > 0 {
                 // The API server's own latency at this load: the floor under the allocation's.
-                ceiling(&client, args.concurrency as usize, args.events, rate)
-                    .await?
-                    .print();
+                ceiling(
+                    &client,
+                    args.concurrency as usize,
+                    args.events,
+                    rate,
+                    args.ceiling_watch,
+                )
+                .await?
+                .print();
             }
+            let steps_before = step_totals(&metrics);
             let row = allocations(
                 &client,
                 &ns,
@@ -570,9 +613,48 @@ async fn main() -> anyhow::Result<()> {
             )
             .await?;
             row.print();
+            print_steps(&steps_before, &step_totals(&metrics));
+            raws.push(raw);
+            rounds.push(row);
+        }
+        // The raw writes slow down as the run goes on (allocated Matches stay, the API
+        // server's heap grows), so each allocation phase is set against the mean of the
+        // raw phases on both sides of it, not only the one before.
+        let closing = ceiling(
+            &client,
+            args.concurrency as usize,
+            args.events,
+            0,
+            args.ceiling_watch,
+        )
+        .await?;
+        closing.print();
+        raws.push(closing);
+        println!("ratio,round,to_raw_before,to_raw_before_and_after");
+        let bursts: Vec<usize> = (0..rounds.len()).filter(|&r| args.rate[r] == 0).collect();
+        for &round in &bursts {
+            let allocated = rounds[round].per_second();
+            let (before, after) = (raws[round].per_second(), raws[round + 1].per_second());
             println!(
-                "ratio,{:.2}",
-                (row.count as f64 / row.secs) / (raw.count as f64 / raw.secs)
+                "ratio,{round},{:.2},{:.2}",
+                allocated / before,
+                2.0 * allocated / (before + after)
+            );
+        }
+        // Over the whole run: allocation bursts and raw phases alike, all their matches
+        // over all their seconds (each burst's ratio scatters with the raw writes' own
+        // cost, which varies by a fifth between phases of one run).
+        if !bursts.is_empty() {
+            let rate = |rows: &mut dyn Iterator<Item = &Row>| {
+                let (count, secs) =
+                    rows.fold((0.0, 0.0), |(c, s), r| (c + r.count as f64, s + r.secs));
+                count / secs
+            };
+            let allocated = rate(&mut bursts.iter().map(|&r| &rounds[r]));
+            let raw = rate(&mut raws.iter());
+            println!(
+                "ratio,all,{allocated:.0}/s of {raw:.0}/s,{:.2}",
+                allocated / raw
             );
         }
         let over = fake.peak_over_capacity();
@@ -612,6 +694,68 @@ async fn main() -> anyhow::Result<()> {
             .await;
     }
     measured
+}
+
+/// One allocation step's histogram so far, from the operator's registry.
+struct StepTotal {
+    step: String,
+    count: u64,
+    seconds: f64,
+    /// Cumulative (upper bound in seconds, count) pairs.
+    buckets: Vec<(f64, u64)>,
+}
+
+fn step_totals(metrics: &Metrics) -> Vec<StepTotal> {
+    let mut totals = Vec::new();
+    for family in metrics.registry.gather() {
+        if !family.name().ends_with("match_allocation_step_seconds") {
+            continue;
+        }
+        for metric in family.get_metric() {
+            let step = metric
+                .get_label()
+                .iter()
+                .find(|l| l.name() == "step")
+                .map(|l| l.value().to_owned())
+                .unwrap_or_default();
+            let h = metric.get_histogram();
+            totals.push(StepTotal {
+                step,
+                count: h.get_sample_count(),
+                seconds: h.get_sample_sum(),
+                buckets: h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| (b.upper_bound(), b.cumulative_count()))
+                    .collect(),
+            });
+        }
+    }
+    totals
+}
+
+/// Each step's mean over one phase, and the histogram bucket its 99th percentile falls
+/// in, as `step NAME,mean_ms,p99_at_most_ms` lines.
+fn print_steps(before: &[StepTotal], after: &[StepTotal]) {
+    for now in after {
+        let earlier = before.iter().find(|b| b.step == now.step);
+        let (count0, seconds0) = earlier.map_or((0, 0.0), |b| (b.count, b.seconds));
+        let count = now.count - count0;
+        if count == 0 {
+            continue;
+        }
+        let in_phase = |i: usize| now.buckets[i].1 - earlier.map_or(0, |b| b.buckets[i].1);
+        let p99 = (0..now.buckets.len())
+            .find(|&i| in_phase(i) as f64 >= 0.99 * count as f64)
+            .map_or("more".to_owned(), |i| {
+                format!("{:.1}", now.buckets[i].0 * 1e3)
+            });
+        println!(
+            "step {},{:.1},{p99}",
+            now.step,
+            (now.seconds - seconds0) * 1e3 / count as f64
+        );
+    }
 }
 
 /// Messages waiting in `queue` (a passive declare: fails if it does not exist).

@@ -1,6 +1,8 @@
 //! Match allocation metrics, registered in the operator's registry (`operator_` prefix).
 
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+};
 
 /// One allocation is a reservation, one HTTP call to a game server and one status write:
 /// milliseconds when the API server keeps up, up to seconds when it does not.
@@ -13,6 +15,11 @@ pub struct MatchMetrics {
     pub allocations: IntCounterVec,
     /// From the reservation to the status write, for allocations that succeeded.
     pub allocation_duration: Histogram,
+    /// The steps of a successful allocation: `session` (the game server's HTTP call),
+    /// `publish` (the matchmaker's message, until the broker confirmed it) and `status`
+    /// (the status write): says whether the API server, a game server or the broker is
+    /// the slow part.
+    pub allocation_step: HistogramVec,
     /// Matches waiting for room, per fleet (what fleet scaling adds to demand).
     pub pending: IntGaugeVec,
     /// Matches that reached a terminal phase, by phase and reason.
@@ -38,6 +45,15 @@ impl MatchMetrics {
                 .buckets(ALLOCATION_BUCKETS.to_vec()),
             )
             .unwrap(),
+            allocation_step: HistogramVec::new(
+                HistogramOpts::new(
+                    "match_allocation_step_seconds",
+                    "Duration of each step of successful allocations",
+                )
+                .buckets(ALLOCATION_BUCKETS.to_vec()),
+                &["step"],
+            )
+            .unwrap(),
             pending: IntGaugeVec::new(
                 Opts::new(
                     "matches_pending",
@@ -55,8 +71,15 @@ impl MatchMetrics {
         // Registering twice (two runtimes on one registry in tests) keeps the first.
         let _ = registry.register(Box::new(m.allocations.clone()));
         let _ = registry.register(Box::new(m.allocation_duration.clone()));
+        let _ = registry.register(Box::new(m.allocation_step.clone()));
         let _ = registry.register(Box::new(m.pending.clone()));
         let _ = registry.register(Box::new(m.ended.clone()));
         m
+    }
+
+    pub fn observe_step(&self, step: &str, started: std::time::Instant) {
+        self.allocation_step
+            .with_label_values(&[step])
+            .observe(started.elapsed().as_secs_f64());
     }
 }

@@ -300,8 +300,12 @@ async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
             map: m.spec.map.clone(),
             mode: m.spec.mode.clone(),
         };
+        let step = Instant::now();
         let created = match ctx.sessions.create(&base, &request).await {
-            Ok(created) => created,
+            Ok(created) => {
+                ctx.match_metrics.observe_step("session", step);
+                created
+            }
             Err(SessionError::Refused(why, message)) => {
                 tracing::debug!(%server, %why, %message, "server refused the session; trying another");
                 ctx.match_metrics
@@ -345,10 +349,12 @@ async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
             };
             // Before the status: a failure here retries the whole step (the slot and the
             // session stay), so the matchmaker hears of every allocation at least once.
+            let step = Instant::now();
             publisher
                 .publish(&message)
                 .await
                 .map_err(|e| Error::Publish(e.to_string()))?;
+            ctx.match_metrics.observe_step("publish", step);
         }
         let status = MatchStatus {
             phase: MatchPhase::Allocated,
@@ -366,7 +372,9 @@ async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
             )],
             ..Default::default()
         };
+        let step = Instant::now();
         write_status(m, ctx, &status).await?;
+        ctx.match_metrics.observe_step("status", step);
         if let Some(hook) = &ctx.on_allocated {
             hook(&ns, &name);
         }

@@ -229,6 +229,15 @@ async fn a_pending_match_goes_to_the_busiest_server_with_room() {
     );
     assert_eq!(*sessions.calls.lock().unwrap(), ["busy"]);
     assert_eq!(ctx.view.used("ns", "tanks", "ns/busy"), Some(2));
+    // Each step of the allocation is timed once; there is no publisher here.
+    let steps = &ctx.match_metrics.allocation_step;
+    for (step, count) in [("session", 1), ("status", 1), ("publish", 0)] {
+        assert_eq!(
+            steps.with_label_values(&[step]).get_sample_count(),
+            count,
+            "{step}"
+        );
+    }
 }
 
 #[tokio::test]
