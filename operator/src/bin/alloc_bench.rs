@@ -577,29 +577,23 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let measured = async {
         println!("what,count,seconds,per_second,p50_ms,p99_ms");
         println!("step NAME,mean_ms,p99_at_most_ms");
-        // Closed-loop raw phases, and each round's allocation row.
-        let (mut raws, mut rounds): (Vec<Row>, Vec<Row>) = (Vec::new(), Vec::new());
-        for (round, &rate) in args.rate.iter().enumerate() {
-            let raw = ceiling(
+        let raw_phase = |rate| {
+            ceiling(
                 &client,
                 args.concurrency as usize,
                 args.events,
-                0,
+                rate,
                 args.ceiling_watch,
             )
-            .await?;
+        };
+        // Closed-loop raw phases, and each round's allocation row.
+        let (mut raws, mut rounds): (Vec<Row>, Vec<Row>) = (Vec::new(), Vec::new());
+        for (round, &rate) in args.rate.iter().enumerate() {
+            let raw = raw_phase(0).await?;
             raw.print();
             if rate > 0 {
                 // The API server's own latency at this load: the floor under the allocation's.
-                ceiling(
-                    &client,
-                    args.concurrency as usize,
-                    args.events,
-                    rate,
-                    args.ceiling_watch,
-                )
-                .await?
-                .print();
+                raw_phase(rate).await?.print();
             }
             let steps_before = step_totals(&metrics);
             let row = allocations(
@@ -620,14 +614,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         // The raw writes slow down as the run goes on (allocated Matches stay, the API
         // server's heap grows), so each allocation phase is set against the mean of the
         // raw phases on both sides of it, not only the one before.
-        let closing = ceiling(
-            &client,
-            args.concurrency as usize,
-            args.events,
-            0,
-            args.ceiling_watch,
-        )
-        .await?;
+        let closing = raw_phase(0).await?;
         closing.print();
         raws.push(closing);
         println!("ratio,round,to_raw_before,to_raw_before_and_after");
