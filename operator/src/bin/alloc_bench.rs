@@ -155,6 +155,12 @@ struct Row {
     p99: f64,
 }
 
+/// All the rows' matches over all their seconds.
+fn combined_rate<'a>(rows: impl Iterator<Item = &'a Row>) -> f64 {
+    let (count, secs) = rows.fold((0.0, 0.0), |(c, s), r| (c + r.count as f64, s + r.secs));
+    count / secs
+}
+
 impl Row {
     fn per_second(&self) -> f64 {
         self.count as f64 / self.secs
@@ -632,13 +638,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         // over all their seconds (each burst's ratio scatters with the raw writes' own
         // cost, which varies by a fifth between phases of one run).
         if !bursts.is_empty() {
-            let rate = |rows: &mut dyn Iterator<Item = &Row>| {
-                let (count, secs) =
-                    rows.fold((0.0, 0.0), |(c, s), r| (c + r.count as f64, s + r.secs));
-                count / secs
-            };
-            let allocated = rate(&mut bursts.iter().map(|&r| &rounds[r]));
-            let raw = rate(&mut raws.iter());
+            let allocated = combined_rate(bursts.iter().map(|&r| &rounds[r]));
+            let raw = combined_rate(raws.iter());
             println!(
                 "ratio,all,{allocated:.0}/s of {raw:.0}/s,{:.2}",
                 allocated / raw
