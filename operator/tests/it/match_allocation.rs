@@ -7,8 +7,7 @@
 //! players in make a match `Running`; ended matches go `Finished` and are deleted after
 //! the TTL.
 
-#[path = "match_common/mod.rs"]
-mod common;
+use crate::match_common as common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -3,14 +3,16 @@
 # each played by `gameload` over real UDP on this machine. Every step is bounded by
 # `timeout`. Prints one JSON line per measurement.
 #
-#   gameserver/bench/capacity.sh 1000 5000
+#   bench/capacity.sh 1000 5000
 #
 # Env: WARMUP (s, default 5), DURATION (s, default 20), GAMESERVER_FLAGS (extra flags,
 # e.g. the broker path or Kafka), GAMELOAD_FLAGS (extra `gameload run` flags, e.g.
 # --threads 1), SKIP_ECHO=1 (game server only), LABEL,
-# CARGO_TARGET_DIR (where the dev-profile binaries are).
+# CARGO_TARGET_DIR (where the release binaries are built).
 set -euo pipefail
-TARGET=${CARGO_TARGET_DIR:-target}/debug
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cargo build --release -p gameserver -p tanks-bench --bin gameserver --bin gameload >&2
+TARGET=${CARGO_TARGET_DIR:-target}/release
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-20}
 BOUND=$((WARMUP + DURATION + 30))

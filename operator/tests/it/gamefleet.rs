@@ -2,14 +2,14 @@
 //! nodes (pods go Running) and fake game servers speaking the control interface over
 //! HTTP. Each test has its own namespace, nodes and operator (watching that namespace).
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;

@@ -3,11 +3,11 @@
 //! per-test command queue, dead-lettering of poison commands, matchmaking events
 //! becoming sessions, and the events a session leaves in Kafka, in order.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use gameserver::config::CommandPath;
 use lapin::options::{BasicGetOptions, QueueDeleteOptions};

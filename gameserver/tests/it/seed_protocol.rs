@@ -1,11 +1,11 @@
 //! A seed client's conversation over real UDP and TCP sockets, against a server
 //! started in this process: the seed's actions, replies and error strings.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 

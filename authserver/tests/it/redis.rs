@@ -1,9 +1,9 @@
 //! Against the real Redis (`hack/devenv up`): two replicas sharing users, limits and
 //! revocations. Each test writes under its own key prefix, so runs never collide.
 
-mod common;
+use crate::common;
 
-use common::{Client, config, login, once, register, start, username};
+use crate::common::{Client, config, login, once, register, start, username};
 use redis::AsyncCommands;
 use tanks_core::protocol::auth::{Request, Status, revoked_token_key};
 

@@ -1,12 +1,12 @@
 //! 5,000 clients connected at once: every one served, memory bounded, all slots
 //! returned afterwards.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Client, config, login, metrics, once, register, start, username};
+use crate::common::{Client, config, login, metrics, once, register, start, username};
 use tanks_core::protocol::auth::Request;
 use tokio::sync::{Barrier, Semaphore};
 

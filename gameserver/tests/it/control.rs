@@ -1,8 +1,8 @@
 //! The operator's control interface over real HTTP.
 
-mod common;
+use crate::common;
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use tanks_core::protocol::control::{LoadReport, SessionCreated};
 

@@ -1,11 +1,11 @@
 //! Audit events on the real Kafka (`hack/devenv up`): each outcome lands on
 //! `auth_events`, keyed by user, with the agreed fields.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{config, login, metrics, once, register, start, username};
+use crate::common::{config, login, metrics, once, register, start, username};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::Value;

@@ -1,11 +1,11 @@
 //! The wire protocol against a real server on the embedded store: the seed's shapes,
 //! every bad input, limits, timeouts, events and shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, config, login, metrics, once, register, start, username};
+use crate::common::{Client, config, login, metrics, once, register, start, username};
 use serde_json::{Value, json};
 use tanks_core::protocol::auth::{
     AuthEvent, AuthEventType, LOGIN_FAILED_PREFIX, MSG_BAD_CREDENTIALS, Request, Status,

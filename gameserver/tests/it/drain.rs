@@ -1,13 +1,13 @@
 //! SIGTERM drains the real binary: no new sessions, running ones may finish within
 //! the deadline, the rest are ended (players told), and the process exits cleanly.
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdp};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn free_port() -> u16 {

@@ -2,8 +2,7 @@
 //! become Matches, a redelivered event makes no second Match, malformed ones are
 //! dead-lettered with the reason.
 
-#[path = "match_common/mod.rs"]
-mod common;
+use crate::match_common as common;
 
 use std::time::Duration;
 

@@ -1,0 +1,8 @@
+//! The integration tests of `authserver`, one binary: each file is one subject.
+
+mod binary;
+mod common;
+mod concurrency;
+mod kafka;
+mod protocol;
+mod redis;

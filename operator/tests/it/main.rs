@@ -1,0 +1,7 @@
+//! The integration tests of `operator`, one binary: each file is one subject.
+
+mod common;
+mod gamefleet;
+mod match_allocation;
+mod match_common;
+mod match_consumer;

@@ -1,0 +1,9 @@
+//! The integration tests of `tests`, one binary: each file is one subject.
+
+mod kafka_roundtrip;
+mod kube_crd;
+mod match_end_to_end;
+mod pod_runner;
+mod quickstart;
+mod rabbitmq_roundtrip;
+mod redis_roundtrip;
