@@ -1,14 +1,39 @@
 //! Command-line flags, each with an environment variable behind it. With none set the
-//! server runs on embedded defaults: in-memory users, in-memory events, the
-//! development token key.
+//! server runs on embedded defaults (in-memory users, in-memory events) but refuses the
+//! public development token key unless `--dev` says this is a development run.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use tanks_core::protocol::auth::Messages;
+use tanks_core::token::{TokenSigner, is_development_key};
 
 use crate::password::HashParams;
+
+/// The environment variable that may hold the token key itself.
+pub const TOKEN_KEY_ENV: &str = "AUTH_TOKEN_KEY";
+
+/// Which texts login answers carry, see [`Messages`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum MessageTexts {
+    /// The prototype's (Russian) texts, so its clients work unchanged.
+    #[default]
+    Prototype,
+    /// English texts.
+    English,
+}
+
+impl From<MessageTexts> for Messages {
+    fn from(texts: MessageTexts) -> Self {
+        match texts {
+            MessageTexts::Prototype => Messages::Prototype,
+            MessageTexts::English => Messages::English,
+        }
+    }
+}
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -48,9 +73,21 @@ pub struct Config {
 
     /// File holding the token signing key (at least 32 bytes; a Kubernetes Secret in the
     /// cluster). The key may instead be given in the AUTH_TOKEN_KEY environment variable.
-    /// Without either, a built-in development key is used and the log says so.
+    /// Without either the server refuses to start, unless --dev allows the built-in
+    /// development key.
     #[arg(long, env = "TOKEN_KEY_FILE")]
     pub token_key_file: Option<PathBuf>,
+
+    /// Development run: allow the built-in development token key (public, so anyone can
+    /// forge tokens with it). Without this flag the server refuses to start on it.
+    #[arg(long = "dev", env = "AUTH_DEV", default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub dev: bool,
+
+    /// Texts of the login answers' `message`: the prototype's (`Пользователь <name>
+    /// успешно аутентифицирован.`), so clients written for it work unchanged, or English.
+    #[arg(long, env = "AUTH_MESSAGES", value_enum, default_value_t = MessageTexts::Prototype)]
+    pub messages: MessageTexts,
 
     /// How long a session token stays valid, in seconds.
     #[arg(long, env = "AUTH_TOKEN_TTL_SECS", default_value_t = 3600)]
@@ -126,6 +163,32 @@ impl Config {
         Self::parse_from(["authserver"])
     }
 
+    /// The token signer from --token-key-file, else AUTH_TOKEN_KEY, else the built-in
+    /// development key; the bool says whether it is the development key.
+    pub fn token_signer(&self) -> anyhow::Result<(TokenSigner, bool)> {
+        self.token_signer_with(std::env::var_os(TOKEN_KEY_ENV))
+    }
+
+    fn token_signer_with(&self, from_env: Option<OsString>) -> anyhow::Result<(TokenSigner, bool)> {
+        match (&self.token_key_file, from_env.filter(|k| !k.is_empty())) {
+            (None, Some(key)) => {
+                let key = key.into_encoded_bytes();
+                let key = key.trim_ascii();
+                let signer =
+                    TokenSigner::new(key).map_err(|e| anyhow::anyhow!("{TOKEN_KEY_ENV}: {e}"))?;
+                Ok((signer, is_development_key(key)))
+            }
+            (file, _) => TokenSigner::from_key_file(file.as_deref()),
+        }
+    }
+
+    /// What the binary checks before starting: the token key loads, and is not the
+    /// development key unless --dev. The error is one line saying why and what to do.
+    pub fn check_token_key(&self) -> anyhow::Result<()> {
+        let (_, development_key) = self.token_signer()?;
+        refuse_development_key(development_key, self.dev).map_err(anyhow::Error::msg)
+    }
+
     pub fn hash_params(&self) -> HashParams {
         HashParams {
             memory_kib: self.argon2_memory_kib,
@@ -160,6 +223,19 @@ impl Config {
     }
 }
 
+/// The decision: the public development key only in a development run.
+pub fn refuse_development_key(development_key: bool, dev: bool) -> Result<(), String> {
+    if development_key && !dev {
+        return Err(format!(
+            "refusing to start with the built-in development token key (it is public: \
+             anyone could forge session tokens); give a key with --token-key-file \
+             (TOKEN_KEY_FILE) or {TOKEN_KEY_ENV} (hack/gen-secrets makes one), or pass \
+             --dev (AUTH_DEV=1) for a local development run"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,5 +248,48 @@ mod tests {
         assert!(config.redis_url.is_none() || std::env::var("REDIS_URL").is_ok());
         assert_eq!(config.hash_params(), HashParams::OWASP);
         assert!(config.hash_concurrency() >= 1);
+    }
+
+    #[test]
+    fn the_development_key_needs_the_dev_flag() {
+        assert!(refuse_development_key(false, false).is_ok());
+        assert!(refuse_development_key(false, true).is_ok());
+        assert!(refuse_development_key(true, true).is_ok());
+        let why = refuse_development_key(true, false).unwrap_err();
+        assert!(!why.contains('\n'), "one line: {why}");
+        for hint in ["development token key", "--token-key-file", "--dev"] {
+            assert!(why.contains(hint), "{why}");
+        }
+    }
+
+    #[test]
+    fn every_way_of_giving_the_development_key_counts_as_it() {
+        let mut config = Config::try_parse_from(["authserver"]).unwrap();
+        config.token_key_file = None;
+        // Nothing configured: the built-in key.
+        assert!(config.token_signer_with(None).unwrap().1);
+        assert!(config.token_signer_with(Some("".into())).unwrap().1);
+        // The same bytes in the environment variable.
+        let dev = String::from_utf8(tanks_core::token::DEVELOPMENT_KEY.to_vec()).unwrap();
+        assert!(config.token_signer_with(Some(dev.into())).unwrap().1);
+        // A real key.
+        let real = "k".repeat(40);
+        assert!(!config.token_signer_with(Some(real.into())).unwrap().1);
+        // A short one is an error naming the variable.
+        let err = config.token_signer_with(Some("short".into())).unwrap_err();
+        assert!(err.to_string().contains(TOKEN_KEY_ENV), "{err}");
+    }
+
+    #[test]
+    fn dev_flag_and_message_texts_parse() {
+        let config = Config::try_parse_from(["authserver", "--dev"]).unwrap();
+        assert!(config.dev);
+        let config = Config::try_parse_from(["authserver", "--messages", "english"]).unwrap();
+        assert_eq!(Messages::from(config.messages), Messages::English);
+        assert!(Config::try_parse_from(["authserver", "--messages", "klingon"]).is_err());
+        if std::env::var_os("AUTH_MESSAGES").is_none() {
+            let config = Config::try_parse_from(["authserver"]).unwrap();
+            assert_eq!(Messages::from(config.messages), Messages::Prototype);
+        }
     }
 }

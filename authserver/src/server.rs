@@ -8,12 +8,11 @@ use std::time::Duration;
 use tanks_core::events::{EventPublisher, EventPump, KafkaSettings, MemorySink, SinkConfig};
 use tanks_core::protocol::auth::{Response, reason};
 use tanks_core::telemetry;
-use tanks_core::token::TokenSigner;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{Config, MessageTexts};
 use crate::connection::{self, ConnLimits};
 use crate::limits::{Limits, RateLimiter};
 use crate::metrics::Metrics;
@@ -45,7 +44,7 @@ impl Server {
         tracing::info!("authserver starting: {}", describe(&config));
 
         let metrics = Metrics::new(telemetry::registry("authserver"))?;
-        let (signer, development_key) = token_signer(&config)?;
+        let (signer, development_key) = config.token_signer()?;
         if development_key {
             tracing::warn!(
                 "using the built-in development token key; set TOKEN_KEY_FILE in production"
@@ -100,6 +99,7 @@ impl Server {
         let service = Arc::new(AuthService {
             signer,
             token_ttl: config.token_ttl(),
+            messages: config.messages.into(),
             hasher,
             users,
             limiter,
@@ -231,19 +231,6 @@ async fn goodbye(mut stream: TcpStream, response: &Response) {
     connection::linger_close(&mut stream, limit).await;
 }
 
-fn token_signer(config: &Config) -> anyhow::Result<(TokenSigner, bool)> {
-    let from_env = std::env::var_os("AUTH_TOKEN_KEY").filter(|k| !k.is_empty());
-    match (&config.token_key_file, from_env) {
-        (None, Some(key)) => {
-            let key = key.into_encoded_bytes();
-            let signer = TokenSigner::new(key.trim_ascii())
-                .map_err(|e| anyhow::anyhow!("AUTH_TOKEN_KEY: {e}"))?;
-            Ok((signer, false))
-        }
-        (file, _) => TokenSigner::from_key_file(file.as_deref()),
-    }
-}
-
 fn event_sink(config: &Config) -> (SinkConfig, Option<MemorySink>) {
     if let Some(brokers) = &config.kafka_brokers {
         return (
@@ -273,14 +260,18 @@ fn describe(config: &Config) -> String {
     };
     let key = if config.token_key_file.is_some() {
         "token key=file"
-    } else if std::env::var_os("AUTH_TOKEN_KEY").is_some_and(|k| !k.is_empty()) {
+    } else if std::env::var_os(crate::config::TOKEN_KEY_ENV).is_some_and(|k| !k.is_empty()) {
         "token key=AUTH_TOKEN_KEY"
     } else {
         "token key=embedded development key (set TOKEN_KEY_FILE)"
     };
+    let messages = match config.messages {
+        MessageTexts::Prototype => "messages=prototype",
+        MessageTexts::English => "messages=english",
+    };
     let p = config.hash_params();
     format!(
-        "{users}, {events}, {key}, argon2id m={}KiB t={} p={} x{} at once",
+        "{users}, {events}, {key}, {messages}, argon2id m={}KiB t={} p={} x{} at once",
         p.memory_kib,
         p.iterations,
         p.parallelism,

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tanks_core::events::{AUTH_EVENTS, EventPublisher, timestamp_now};
 use tanks_core::protocol::auth::{
-    AuthEvent, AuthEventType, MSG_BAD_CREDENTIALS, Request, Response, failure_reason, reason,
+    AuthEvent, AuthEventType, Messages, Request, Response, failure_reason, reason,
 };
 use tanks_core::token::{TokenError, TokenSigner, unix_now};
 
@@ -23,6 +23,8 @@ const MSG_UNAVAILABLE: &str = "Service temporarily unavailable, try again later"
 pub struct AuthService {
     pub signer: TokenSigner,
     pub token_ttl: Duration,
+    /// Which texts login answers carry.
+    pub messages: Messages,
     pub hasher: Hasher,
     pub users: UserStore,
     pub limiter: RateLimiter,
@@ -190,7 +192,7 @@ impl AuthService {
         event.token_id = Some(claims.jti);
         event.expires_at = Some(claims.exp);
         self.publish(&event);
-        Response::success("Authentication successful")
+        Response::success(self.messages.login_success(&user.username))
             .with_token(token, claims.exp)
             .with_username(user.username)
     }
@@ -204,7 +206,7 @@ impl AuthService {
         event.source_ip = Some(peer.to_string());
         event.reason = Some(why.to_owned());
         self.publish(&event);
-        Response::failure(reason::INVALID_CREDENTIALS, MSG_BAD_CREDENTIALS)
+        Response::failure(reason::INVALID_CREDENTIALS, self.messages.bad_credentials())
     }
 
     async fn verify(&self, token: &str) -> Response {

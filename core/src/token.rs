@@ -70,7 +70,8 @@ impl TokenSigner {
     }
 
     /// The key from a file (trailing newline ignored), or the development key when no
-    /// file is given. The bool says whether the development key is in use.
+    /// file is given. The bool says whether the development key is in use (built in,
+    /// or its public bytes copied into the file).
     pub fn from_key_file(path: Option<&std::path::Path>) -> anyhow::Result<(Self, bool)> {
         match path {
             Some(path) => {
@@ -79,7 +80,7 @@ impl TokenSigner {
                 let key = raw.trim_ascii_end();
                 Ok((
                     Self::new(key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
-                    false,
+                    is_development_key(key),
                 ))
             }
             None => Ok((
@@ -146,6 +147,12 @@ impl TokenSigner {
     }
 }
 
+/// Whether `key` is the public [`DEVELOPMENT_KEY`] (surrounding whitespace ignored):
+/// anyone can forge tokens with it, so deployed services refuse it.
+pub fn is_development_key(key: &[u8]) -> bool {
+    key.trim_ascii() == DEVELOPMENT_KEY
+}
+
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -207,6 +214,24 @@ mod tests {
         for bad in ["", ".", "abc", "a.b", "a.!!!!", &"x".repeat(5000), "é.é"] {
             assert_eq!(signer().verify(bad), Err(TokenError::Malformed), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_development_key_is_recognised_wherever_it_comes_from() {
+        assert!(TokenSigner::from_key_file(None).unwrap().1);
+        let dir = std::env::temp_dir().join(format!("token-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let copied = dir.join("dev.key");
+        std::fs::write(&copied, [DEVELOPMENT_KEY, b"\n"].concat()).unwrap();
+        assert!(TokenSigner::from_key_file(Some(&copied)).unwrap().1);
+        let own = dir.join("own.key");
+        std::fs::write(&own, [7u8; 32]).unwrap();
+        assert!(!TokenSigner::from_key_file(Some(&own)).unwrap().1);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(is_development_key(
+            b" tanks-development-key-do-not-use-in-production!\n"
+        ));
+        assert!(!is_development_key(&[7u8; 32]));
     }
 
     #[test]

@@ -147,6 +147,10 @@ pub struct Args {
     /// a secret on the command line shows in `ps`).
     #[arg(skip)]
     pub control_secret: Option<String>,
+    /// Whether the operator's `TANKS_FLEET` is set: a deployed server, which refuses the
+    /// development token key and control secret.
+    #[arg(skip)]
+    pub under_fleet: bool,
 }
 
 /// What the operator's pod template sets in every game-server container. Each fills the
@@ -272,7 +276,8 @@ impl Args {
         {
             self.players_per_session = number(operator_env::PLAYERS_PER_SESSION, raw)? as usize;
         }
-        if unset("require_token") && var(operator_env::FLEET).is_some() {
+        self.under_fleet = var(operator_env::FLEET).is_some();
+        if unset("require_token") && self.under_fleet {
             self.require_token = true;
         }
         if self.control_secret_file.is_none() {
@@ -308,11 +313,15 @@ impl Args {
                 );
                 secret
             }
-            (None, None) => {
-                defaults.push("development control secret");
-                DEVELOPMENT_CONTROL_SECRET.to_owned()
-            }
+            (None, None) => DEVELOPMENT_CONTROL_SECRET.to_owned(),
         };
+        let dev_secret = control_secret == DEVELOPMENT_CONTROL_SECRET;
+        if dev_secret {
+            defaults.push("development control secret");
+        }
+        if self.under_fleet {
+            refuse_development_secrets(dev_key, dev_secret)?;
+        }
         let sink = match (&self.kafka_brokers, &self.events_file) {
             (Some(brokers), _) => {
                 SinkConfig::Kafka(KafkaSettings::new(brokers.clone(), "gameserver"))
@@ -371,6 +380,24 @@ impl Args {
     }
 }
 
+/// The decision for a deployed server (under the operator): neither the development
+/// token key nor the development control secret, both public. The error is one line.
+pub fn refuse_development_secrets(dev_key: bool, dev_secret: bool) -> anyhow::Result<()> {
+    let what = match (dev_key, dev_secret) {
+        (false, false) => return Ok(()),
+        (true, false) => "the development token key",
+        (false, true) => "the development control secret",
+        (true, true) => "the development token key and control secret",
+    };
+    anyhow::bail!(
+        "refusing to start under the operator ({} is set) with {what}, which are public: \
+         mount the install's Secrets with --token-key-file (TANKS_TOKEN_KEY_FILE) and \
+         --control-secret-file (or {}); hack/gen-secrets makes them",
+        operator_env::FLEET,
+        operator_env::CONTROL_TOKEN
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,8 +434,20 @@ mod tests {
         Ok(args)
     }
 
+    /// A token key file of the install's own (not the development key).
+    fn own_key_file(name: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!(
+            "gameserver-config-{name}-{}.key",
+            std::process::id()
+        ));
+        std::fs::write(&path, "an-install-token-key-of-32-or-more-bytes\n").unwrap();
+        path
+    }
+
     #[test]
     fn the_operators_variables_fill_what_no_flag_set() {
+        let key = own_key_file("operator-env");
+        let key_arg = format!("--token-key-file={}", key.display());
         let env = [
             ("TANKS_GAME_PORT", "7003"),
             ("TANKS_SERVER_NAME", "arena-x7k2p"),
@@ -417,7 +456,7 @@ mod tests {
             ("TANKS_FLEET", "arena"),
             ("TANKS_CONTROL_TOKEN", "a-control-token-of-some-length"),
         ];
-        let args = with_operator_env(&["gameserver"], &env).unwrap();
+        let args = with_operator_env(&["gameserver", &key_arg], &env).unwrap();
         assert_eq!(args.udp_addr, SocketAddr::from(([0, 0, 0, 0], 7003)));
         assert_eq!(args.server_name.as_deref(), Some("arena-x7k2p"));
         assert_eq!((args.max_sessions, args.players_per_session), (8, 4));
@@ -464,6 +503,70 @@ mod tests {
         let short =
             with_operator_env(&["gameserver"], &[("TANKS_CONTROL_TOKEN", "short")]).unwrap();
         assert!(short.into_settings().is_err());
+        let _ = std::fs::remove_file(key);
+    }
+
+    #[test]
+    fn the_decision_refuses_either_development_secret() {
+        assert!(refuse_development_secrets(false, false).is_ok());
+        for (dev_key, dev_secret, named) in [
+            (true, false, "development token key"),
+            (false, true, "development control secret"),
+            (true, true, "development token key and control secret"),
+        ] {
+            let why = refuse_development_secrets(dev_key, dev_secret)
+                .unwrap_err()
+                .to_string();
+            assert!(!why.contains('\n'), "one line: {why}");
+            assert!(why.contains(named), "{why}");
+            assert!(why.contains("TANKS_FLEET"), "{why}");
+        }
+    }
+
+    #[test]
+    fn under_the_operator_the_development_secrets_are_refused() {
+        let key = own_key_file("fleet");
+        let key_arg = format!("--token-key-file={}", key.display());
+        let secret = ("TANKS_CONTROL_TOKEN", "a-control-token-of-some-length");
+        let fleet = ("TANKS_FLEET", "arena");
+        let settings = |argv: &[&str], env: &[(&str, &str)]| {
+            with_operator_env(argv, env).unwrap().into_settings()
+        };
+        // Neither given: both named.
+        let err = settings(&["gameserver"], &[fleet]).unwrap_err().to_string();
+        assert!(err.contains("token key and control secret"), "{err}");
+        // A real control secret, the development key.
+        let err = settings(&["gameserver"], &[fleet, secret])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("development token key"), "{err}");
+        // A real key, no control secret.
+        let err = settings(&["gameserver", &key_arg], &[fleet])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("development control secret"), "{err}");
+        // The development secret given explicitly is still the development secret.
+        let err = settings(
+            &["gameserver", &key_arg],
+            &[fleet, ("TANKS_CONTROL_TOKEN", DEVELOPMENT_CONTROL_SECRET)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("development control secret"), "{err}");
+        // Both of the install's own: starts, even with tokens switched off.
+        let ok = settings(
+            &["gameserver", &key_arg, "--require-token", "false"],
+            &[fleet, secret],
+        )
+        .unwrap();
+        assert!(
+            ok.defaults_in_use
+                .iter()
+                .all(|d| !d.starts_with("development"))
+        );
+        // Outside a fleet the embedded defaults still run (hack/run, local tests).
+        assert!(settings(&["gameserver"], &[]).is_ok());
+        let _ = std::fs::remove_file(key);
     }
 
     #[test]

@@ -5,4 +5,5 @@ mod common;
 mod concurrency;
 mod kafka;
 mod protocol;
+mod prototype_client;
 mod redis;

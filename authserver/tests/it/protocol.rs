@@ -1,14 +1,12 @@
 //! The wire protocol against a real server on the embedded store: the seed's shapes,
 //! every bad input, limits, timeouts, events and shutdown.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
 use crate::common::{Client, config, login, metrics, once, register, start, username};
 use serde_json::{Value, json};
 use tanks_core::protocol::auth::{
-    AuthEvent, AuthEventType, LOGIN_FAILED_PREFIX, MSG_BAD_CREDENTIALS, Request, Status,
+    AuthEvent, AuthEventType, LOGIN_FAILED_PREFIX, Messages, Request, Status,
 };
 use tanks_core::token::TokenSigner;
 
@@ -310,7 +308,7 @@ async fn unknown_user_and_wrong_password_look_the_same() {
             .await;
         unknown.push(t.elapsed());
         assert_eq!(a, b, "identical answers");
-        assert_eq!(a.message, MSG_BAD_CREDENTIALS);
+        assert_eq!(a.message, Messages::default().bad_credentials());
     }
     // Both run one Argon2id verification. Other tests hash on the same cores at the
     // same time, which only ever adds time: the fastest of each kind is the work itself.

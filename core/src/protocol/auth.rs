@@ -29,8 +29,44 @@ pub const MSG_BAD_JSON: &str = "Invalid JSON format";
 /// Every failed login's message starts with this (the seed's prefix).
 pub const LOGIN_FAILED_PREFIX: &str = "Authentication failed: ";
 /// The one message for an unknown user and a wrong password alike: telling them apart
-/// would let anyone enumerate accounts.
+/// would let anyone enumerate accounts. English texts ([`Messages::English`]).
 pub const MSG_BAD_CREDENTIALS: &str = "Authentication failed: invalid username or password";
+/// A successful login's message in English ([`Messages::English`]).
+pub const MSG_LOGIN_SUCCESS: &str = "Authentication successful";
+/// [`MSG_BAD_CREDENTIALS`] in the prototype's words ([`Messages::Prototype`]): its prefix,
+/// and its wrong-password text "Неверный пароль" word for word, joined with its
+/// unknown-user case in one sentence, so the answer is the same for both.
+pub const MSG_BAD_CREDENTIALS_PROTOTYPE: &str =
+    "Authentication failed: Неверный пароль или пользователь не найден.";
+
+/// Which texts the `message` of login answers carry. Clients should match on `status`
+/// and `reason`; the prototype's clients match on the text, so its texts are the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Messages {
+    /// The prototype's texts: `Пользователь <username> успешно аутентифицирован.`
+    #[default]
+    Prototype,
+    /// English texts: `Authentication successful`.
+    English,
+}
+
+impl Messages {
+    /// A successful login's message for the account `username` (as registered).
+    pub fn login_success(self, username: &str) -> String {
+        match self {
+            Messages::Prototype => format!("Пользователь {username} успешно аутентифицирован."),
+            Messages::English => MSG_LOGIN_SUCCESS.to_owned(),
+        }
+    }
+
+    /// The one answer to a wrong password and an unknown user alike.
+    pub fn bad_credentials(self) -> &'static str {
+        match self {
+            Messages::Prototype => MSG_BAD_CREDENTIALS_PROTOTYPE,
+            Messages::English => MSG_BAD_CREDENTIALS,
+        }
+    }
+}
 
 /// Prefix of every Redis key the auth server writes (configurable, so environments or
 /// test runs can share one Redis).
@@ -409,6 +445,22 @@ mod tests {
         assert_eq!(json["session_id"], "tok");
         assert_eq!(json["token"], "tok");
         assert_eq!(json["expires_at"], 9);
+    }
+
+    #[test]
+    fn prototype_texts_keep_the_seeds_words_and_one_failure_answer() {
+        assert_eq!(
+            Messages::default().login_success("Alice"),
+            "Пользователь Alice успешно аутентифицирован."
+        );
+        assert_eq!(
+            Messages::English.login_success("Alice"),
+            "Authentication successful"
+        );
+        for messages in [Messages::Prototype, Messages::English] {
+            assert!(messages.bad_credentials().starts_with(LOGIN_FAILED_PREFIX));
+        }
+        assert!(MSG_BAD_CREDENTIALS_PROTOTYPE.contains("Неверный пароль"));
     }
 
     #[test]

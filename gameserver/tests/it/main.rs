@@ -4,4 +4,5 @@ mod brokers;
 mod common;
 mod control;
 mod drain;
+mod fleet_secrets;
 mod seed_protocol;

@@ -68,7 +68,11 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     anyhow::ensure!(login["status"] == "success", "login failed: {login}");
     let token = login["session_id"].as_str().unwrap_or_default().to_owned();
-    println!("login -> success, token {}…", &token[..token.len().min(16)]);
+    println!(
+        "login -> success ({}), token {}…",
+        login["message"].as_str().unwrap_or_default(),
+        &token[..token.len().min(16)]
+    );
 
     let socket = UdpSocket::bind("0.0.0.0:0").await?;
     socket

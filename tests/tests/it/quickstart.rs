@@ -1,6 +1,7 @@
 //! The README's main job, as a test: the real `authserver` and `gameserver` binaries,
-//! started with no configuration beyond their ports, serve a player from registration
-//! to a move seen in a `game_update` (the `demo-bot` binary plays it).
+//! started with no configuration beyond their ports (and the auth server's `--dev`, as
+//! `hack/run` passes it), serve a player from registration to a move seen in a
+//! `game_update` (the `demo-bot` binary plays it).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +47,7 @@ fn a_player_registers_logs_in_joins_moves_and_leaves() {
             addr(auth),
             "--metrics-addr".into(),
             addr(auth_metrics),
+            "--dev".into(),
         ],
     );
     let _game = start(
