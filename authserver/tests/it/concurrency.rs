@@ -1,8 +1,6 @@
 //! 5,000 clients connected at once: every one served, memory bounded, all slots
 //! returned afterwards.
 
-use crate::common;
-
 use std::sync::Arc;
 use std::time::Duration;
 

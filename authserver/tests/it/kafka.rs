@@ -1,8 +1,6 @@
 //! Audit events on the real Kafka (`hack/devenv up`): each outcome lands on
 //! `auth_events`, keyed by user, with the agreed fields.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
 use crate::common::{config, login, metrics, once, register, start, username};

@@ -1,8 +1,6 @@
 //! The wire protocol against a real server on the embedded store: the seed's shapes,
 //! every bad input, limits, timeouts, events and shutdown.
 
-use crate::common;
-
 use std::time::{Duration, Instant};
 
 use crate::common::{Client, config, login, metrics, once, register, start, username};

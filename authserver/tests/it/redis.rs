@@ -1,8 +1,6 @@
 //! Against the real Redis (`hack/devenv up`): two replicas sharing users, limits and
 //! revocations. Each test writes under its own key prefix, so runs never collide.
 
-use crate::common;
-
 use crate::common::{Client, config, login, once, register, start, username};
 use redis::AsyncCommands;
 use tanks_core::protocol::auth::{Request, Status, revoked_token_key};

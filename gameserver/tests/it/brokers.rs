@@ -3,8 +3,6 @@
 //! per-test command queue, dead-lettering of poison commands, matchmaking events
 //! becoming sessions, and the events a session leaves in Kafka, in order.
 
-use crate::common;
-
 use std::time::Duration;
 
 use crate::common::*;

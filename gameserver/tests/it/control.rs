@@ -1,7 +1,5 @@
 //! The operator's control interface over real HTTP.
 
-use crate::common;
-
 use crate::common::*;
 use serde_json::json;
 use tanks_core::protocol::control::{LoadReport, SessionCreated};

@@ -1,8 +1,6 @@
 //! SIGTERM drains the real binary: no new sessions, running ones may finish within
 //! the deadline, the rest are ended (players told), and the process exits cleanly.
 
-use crate::common;
-
 use std::net::{SocketAddr, TcpListener, UdpSocket as StdUdp};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -1,8 +1,6 @@
 //! A seed client's conversation over real UDP and TCP sockets, against a server
 //! started in this process: the seed's actions, replies and error strings.
 
-use crate::common;
-
 use std::time::Duration;
 
 use crate::common::*;
