@@ -4,6 +4,7 @@
 //! Each address can be overridden with the environment variable named beside it.
 #![forbid(unsafe_code)]
 
+pub mod namespace;
 pub mod pod_runner;
 pub mod process;
 
@@ -23,9 +24,16 @@ pub fn kafka_brokers() -> String {
     env_or("TANKS_KAFKA_BROKERS", "127.0.0.1:9092")
 }
 
-/// The admin kubeconfig `hack/devenv up` writes for the local kube-apiserver.
+/// The kubeconfig of the local kube-apiserver, the one lookup every test, tool and
+/// benchmark of the workspace uses: `TANKS_KUBECONFIG` (what `hack/devenv env`
+/// exports), else the admin kubeconfig `hack/devenv up` writes in [`devenv_state`].
+///
+/// `KUBECONFIG` is deliberately not read: tests and benchmarks create and delete
+/// namespaces, nodes and CRDs, and must not land on whatever cluster the shell points
+/// `kubectl` at. Tools take `--kubeconfig` for another cluster.
 pub fn kubeconfig() -> PathBuf {
     std::env::var_os("TANKS_KUBECONFIG")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| devenv_state().join("kubeconfig"))
 }
@@ -136,6 +144,14 @@ pub fn require_kube_apiserver() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A client for the local kube-apiserver, after checking its kubeconfig exists.
+pub async fn require_kube_client() -> kube::Client {
+    let path = require_kube_apiserver();
+    kube_client(&path)
+        .await
+        .unwrap_or_else(|e| panic!("a client for the kube-apiserver of {}: {e}", path.display()))
 }
 
 /// A name unique to one test run, for queues, topics, namespaces and users.

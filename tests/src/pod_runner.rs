@@ -311,13 +311,7 @@ impl PodSupervisor {
             match exit {
                 None => {
                     terminate(&mut child, pid, Duration::from_secs(grace.max(0) as u64)).await;
-                    let _ = self
-                        .api()
-                        .delete(
-                            &self.pod.name_any(),
-                            &DeleteParams::default().grace_period(0),
-                        )
-                        .await;
+                    self.delete_pod().await;
                     return;
                 }
                 Some(status) => {
@@ -339,7 +333,7 @@ impl PodSupervisor {
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
                         _ = stopped(&mut stop) => {
-                            let _ = self.api().delete(&self.pod.name_any(), &DeleteParams::default().grace_period(0)).await;
+                            self.delete_pod().await;
                             return;
                         }
                     }
@@ -350,6 +344,11 @@ impl PodSupervisor {
 
     async fn await_deletion(&self, stop: &mut watch::Receiver<bool>) {
         stopped(stop).await;
+        self.delete_pod().await;
+    }
+
+    /// Deletes the pod at once: its process is gone, there is nothing to wait for.
+    async fn delete_pod(&self) {
         let _ = self
             .api()
             .delete(

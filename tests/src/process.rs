@@ -3,18 +3,25 @@
 use std::path::PathBuf;
 use std::process::Child;
 
-/// A workspace binary next to the running test (tests live in `target/<profile>/deps`,
-/// binaries one folder up); panics with what to build when it is missing.
+/// The workspace binary `name` built with the same profile as the running program:
+/// integration tests live in `target/<profile>/deps`, binaries (a benchmark starting the
+/// operator, say) in `target/<profile>` itself, beside the others. Panics with the
+/// command that builds it when it is missing.
 pub fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target dir");
+    let exe = std::env::current_exe().expect("the running program's path");
+    let mut dir = exe.parent().expect("the running program's folder");
+    if dir.file_name().is_some_and(|d| d == "deps") {
+        dir = dir.parent().expect("the profile folder");
+    }
     let path = dir.join(name);
+    let release = if dir.file_name().is_some_and(|d| d == "release") {
+        " --release"
+    } else {
+        ""
+    };
     assert!(
         path.exists(),
-        "{} is missing: build the binaries first (`cargo build --workspace --bins`)",
+        "{} is missing: build the binaries first (`cargo build{release} --workspace --bins`)",
         path.display()
     );
     path

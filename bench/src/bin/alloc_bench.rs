@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -81,64 +81,14 @@ struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp: String,
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig of the cluster (default: `TANKS_KUBECONFIG`, then hack/devenv's).
+    #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
 }
 
-fn kubeconfig_default() -> std::path::PathBuf {
-    let home = std::env::var_os("HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| "/tmp".into());
-    home.join(".local/state/tanks-devenv/kubeconfig")
-}
-
-async fn client(path: &std::path::Path) -> anyhow::Result<Client> {
-    let raw = kube::config::Kubeconfig::read_from(path)?;
-    let config = kube::Config::from_custom_kubeconfig(raw, &Default::default()).await?;
-    Ok(Client::try_from(config)?)
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}-{}-{nanos:x}", std::process::id())
-}
-
-async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
-    let name = unique(prefix);
-    let api: Api<Namespace> = Api::all(client.clone());
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
-    )
-    .await?;
-    Ok(name)
-}
-
-/// Deletes a namespace and waits until it is gone: its thousands of deletes must not
-/// run during the next measurement. Pods go first with no grace period (the kwok node
-/// has no kubelet to confirm a graceful stop, and is deleted right after).
-async fn remove_namespace(client: &Client, ns: &str) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
-    pods.delete_collection(
-        &DeleteParams::default().grace_period(0),
-        &ListParams::default(),
-    )
-    .await?;
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.delete(ns, &DeleteParams::background()).await?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while namespaces.get_opt(ns).await?.is_some() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "namespace {ns} still there after 300 s"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    Ok(())
-}
+/// How long a namespace may take to go after a run: its thousands of deletes must not
+/// run during the next measurement.
+const NAMESPACE_GONE: Duration = Duration::from_secs(300);
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -229,7 +179,7 @@ async fn ceiling(
     rate: u32,
     watched: bool,
 ) -> anyhow::Result<Row> {
-    let ns = namespace(client, "alloc-ceiling").await?;
+    let ns = tanks_testkit::namespace::create(client, "alloc-ceiling").await?;
     let api: Api<Match> = Api::namespaced(client.clone(), &ns);
     let watch = watched.then(|| {
         let stream = watcher(api.clone(), watcher::Config::default()).default_backoff();
@@ -277,7 +227,7 @@ async fn ceiling(
         watch.abort();
     }
     latencies.sort();
-    remove_namespace(client, &ns).await?;
+    tanks_testkit::namespace::delete_and_wait(client, &ns, NAMESPACE_GONE).await?;
     Ok(Row {
         what: if rate == 0 {
             format!("api-ceiling c={concurrency}")
@@ -443,7 +393,11 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         args.capacity,
         args.rate.len()
     );
-    let client = client(&args.kubeconfig.clone().unwrap_or_else(kubeconfig_default)).await?;
+    let kubeconfig = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(tanks_testkit::kubeconfig);
+    let client = tanks_testkit::kube_client(&kubeconfig).await?;
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     crds.patch(
@@ -454,7 +408,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .await?;
 
     // The fleet: pods on a kwok node, their control interfaces in-process.
-    let ns = namespace(&client, "alloc-bench").await?;
+    let ns = tanks_testkit::namespace::create(&client, "alloc-bench").await?;
     let node = format!("{ns}-node");
     let nodes: Api<Node> = Api::all(client.clone());
     let pods_per_node = (args.servers + 10).to_string();
@@ -512,8 +466,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     );
 
     let fake = FakeServers::start(args.capacity).await?;
-    let queue = unique("bench-matchmaking-events");
-    let results = unique("bench-match-allocations");
+    let queue = tanks_testkit::unique("bench-matchmaking-events");
+    let results = tanks_testkit::unique("bench-match-allocations");
     let publisher = Publisher::connect(&args.amqp).await?;
     publisher.declare(&queue).await?;
     let loads = Arc::new(LoadIndex::default());
@@ -664,7 +618,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     .await;
 
     operator.abort();
-    remove_namespace(&client, &ns).await?;
+    tanks_testkit::namespace::delete_and_wait(&client, &ns, NAMESPACE_GONE).await?;
     nodes.delete(&node, &DeleteParams::background()).await?;
     let _ = publisher
         .channel()

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{conditions, wait::await_condition};
 use serde_json::json;
@@ -27,7 +26,8 @@ struct Args {
     /// Objects created (and status-patched) per level.
     #[arg(long, default_value_t = 2000)]
     count: usize,
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig of the cluster (default: `TANKS_KUBECONFIG`, then hack/devenv's).
+    #[arg(long)]
     kubeconfig: Option<std::path::PathBuf>,
 }
 
@@ -98,14 +98,7 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("concurrency,count,seconds,per_second,p50_ms,p99_ms");
     for &concurrency in &args.concurrency {
-        let ns = tanks_testkit::unique("ceiling");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-            )
-            .await?;
+        let ns = tanks_testkit::namespace::create(&client, "ceiling").await?;
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &resource);
 
         let next = Arc::new(AtomicUsize::new(0));
@@ -150,7 +143,7 @@ async fn main() -> anyhow::Result<()> {
             pct(0.50),
             pct(0.99)
         );
-        namespaces.delete(&ns, &DeleteParams::default()).await?;
+        tanks_testkit::namespace::delete(&client, &ns).await;
     }
     Ok(())
 }

@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, conditions, wait::await_condition, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tanks_operator::api::{GameFleet, labels};
@@ -60,43 +59,16 @@ struct Marks {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    let kubeconfig = std::env::var("KUBECONFIG").unwrap_or_else(|_| {
-        format!(
-            "{}/.local/state/tanks-devenv/kubeconfig",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(&kubeconfig)
-            .with_context(|| format!("kubeconfig {kubeconfig}: start `hack/devenv up`"))?,
-        &Default::default(),
+    let client = tanks_testkit::kube_client(&tanks_testkit::kubeconfig())
+        .await
+        .context("start `hack/devenv up`")?;
+    tanks_testkit::apply_crds(
+        &client,
+        tanks_operator::api::crds().into_iter().map(|(_, c)| c),
     )
     .await?;
-    let client = Client::try_from(config)?;
-
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for (_, crd) in tanks_operator::api::crds() {
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("scaleup-bench").force(),
-            &Patch::Apply(crd),
-        )
-        .await?;
-        await_condition(crds.clone(), &name, conditions::is_crd_established()).await?;
-    }
-    let ns = format!("bench-{}", std::process::id());
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": ns, "labels": {"tanks.dev/test": "bench"}}
-            }))?,
-        )
-        .await?;
+    let ns = tanks_testkit::namespace::create(&client, "bench").await?;
     let node_api: Api<Node> = Api::all(client.clone());
     let per_node = args.pods.div_ceil(args.nodes) + 50;
     let mut nodes = Vec::new();
@@ -124,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             &Patch::Merge(json!({"metadata": {"finalizers": null}})),
         )
         .await;
-    let _ = namespaces.delete(&ns, &DeleteParams::background()).await;
+    tanks_testkit::namespace::delete(&client, &ns).await;
     for n in nodes {
         let _ = node_api.delete(&n, &DeleteParams::default()).await;
     }
@@ -189,11 +161,10 @@ async fn run(client: &Client, ns: &str, fleet: &GameFleet, args: &Args) -> anyho
             .local_addr()?
             .to_string(),
     };
-    let bin = args.operator_bin.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .expect("exe")
-            .with_file_name("operator")
-    });
+    let bin = args
+        .operator_bin
+        .clone()
+        .unwrap_or_else(|| tanks_testkit::process::workspace_binary("operator"));
     let mut child = tokio::process::Command::new(&bin)
         .args([
             "--namespace",

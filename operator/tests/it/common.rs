@@ -1,10 +1,10 @@
 //! Shared pieces of the operator's integration tests against the real kube-apiserver of
 //! `hack/devenv`: a client, the CRDs, a temporary labelled namespace with its own kwok
-//! nodes, fake game servers speaking the control interface over HTTP, and the operator
-//! run in-process.
+//! nodes, game-server pods placed on them directly (the Match tests), fake game servers
+//! speaking the control interface over HTTP, and the operator run in-process.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +12,9 @@ use std::time::Duration;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use tanks_core::protocol::control::LoadReport;
@@ -22,15 +23,10 @@ use tanks_operator::leader::LeaseSettings;
 use tanks_operator::runtime::{self, Config};
 
 pub async fn client() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let path = tanks_testkit::require_kube_apiserver();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
+    tanks_testkit::require_kube_client().await
 }
 
+/// Applies every CRD of the operator and waits until they are served.
 pub async fn apply_crds(client: &Client) {
     tanks_testkit::apply_crds(
         client,
@@ -40,7 +36,7 @@ pub async fn apply_crds(client: &Client) {
     .expect("CRDs applied");
 }
 
-/// A temporary namespace labelled `tanks.dev/test=operator`, with its own tainted kwok
+/// A temporary namespace (see [`tanks_testkit::namespace`]), with its own tainted kwok
 /// nodes that only this test's pods select and tolerate.
 pub struct TestEnv {
     pub client: Client,
@@ -52,34 +48,11 @@ impl TestEnv {
     pub async fn new(prefix: &str, nodes: usize, pods_per_node: u32) -> TestEnv {
         let client = client().await;
         apply_crds(&client).await;
-        let ns = tanks_testkit::unique(prefix);
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(ns.clone()),
-                labels: Some(BTreeMap::from([(
-                    "tanks.dev/test".into(),
-                    "operator".into(),
-                )])),
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        namespaces
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("namespace");
-        let node_api: Api<Node> = Api::all(client.clone());
+        let ns = namespace(&client, prefix).await;
         let mut names = Vec::new();
         for i in 0..nodes {
             let name = format!("{ns}-n{i}");
-            node_api
-                .create(
-                    &PostParams::default(),
-                    &kwok_node(&name, &ns, pods_per_node),
-                )
-                .await
-                .expect("node");
+            create_kwok_node(&client, &name, &ns, pods_per_node).await;
             names.push(name);
         }
         TestEnv {
@@ -134,15 +107,22 @@ impl TestEnv {
                 let _ = fleets.delete(&f.name_any(), &DeleteParams::default()).await;
             }
         }
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let _ = namespaces
-            .delete(&self.ns, &DeleteParams::background())
-            .await;
-        let node_api: Api<Node> = Api::all(self.client.clone());
+        delete_namespace(&self.client, &self.ns).await;
         for n in &self.nodes {
-            let _ = node_api.delete(n, &DeleteParams::default()).await;
+            delete_node(&self.client, n).await;
         }
     }
+}
+
+/// A temporary namespace named after `prefix`.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    tanks_testkit::namespace::create(client, prefix)
+        .await
+        .expect("namespace")
+}
+
+pub async fn delete_namespace(client: &Client, name: &str) {
+    tanks_testkit::namespace::delete(client, name).await;
 }
 
 pub fn kwok_node(name: &str, group: &str, pods: u32) -> Node {
@@ -165,6 +145,65 @@ pub fn kwok_node(name: &str, group: &str, pods: u32) -> Node {
         },
     }))
     .expect("node")
+}
+
+/// Creates a [`kwok_node`]: pods bound to it go Running at once.
+pub async fn create_kwok_node(client: &Client, name: &str, group: &str, pods: u32) {
+    Api::<Node>::all(client.clone())
+        .create(&PostParams::default(), &kwok_node(name, group, pods))
+        .await
+        .expect("kwok node");
+}
+
+pub async fn delete_node(client: &Client, name: &str) {
+    let _ = Api::<Node>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await;
+}
+
+/// `count` game-server pods of `fleet` bound to the kwok `node` (no operator places
+/// them), each with a host port, then waits until kwok reports them all Running.
+pub async fn game_server_pods(client: &Client, ns: &str, fleet: &str, node: &str, count: usize) {
+    let api: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let created = futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": format!("{fleet}-{i:04}"),
+                             "labels": {labels::FLEET: fleet},
+                             "annotations": {"tanks.dev/game-port": (7000 + i % 2000).to_string()}},
+                "spec": {"nodeName": node,
+                         "tolerations": [{"key": "tanks.dev/test-group", "operator": "Exists"}],
+                         "containers": [{"name": "game", "image": "tanks/gameserver",
+                                         "ports": [{"name": "game", "containerPort": 7777, "protocol": "UDP"}]}]},
+            }))
+            .unwrap();
+            async move { api.create(&PostParams::default(), &pod).await.map(|_| ()) }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for r in created {
+        r.expect("create pod");
+    }
+    let lp = ListParams::default().labels(&format!("{}={fleet}", labels::FLEET));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let pods = api.list(&lp).await.expect("list pods");
+        let running = pods
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+            .count();
+        if running == count {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {running} of {count} pods Running (is kwok up?)"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A fleet whose pods land on the test's own kwok nodes. Fluent: `fleet(..).min(3)`.

@@ -3,5 +3,4 @@
 mod common;
 mod gamefleet;
 mod match_allocation;
-mod match_common;
 mod match_consumer;

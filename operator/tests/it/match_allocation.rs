@@ -7,7 +7,7 @@
 //! players in make a match `Running`; ended matches go `Finished` and are deleted after
 //! the TTL.
 
-use crate::match_common as common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -111,7 +111,7 @@ async fn five_hundred_events_allocate_within_capacity_across_an_operator_restart
     common::apply_crds(&client).await;
     let ns = common::namespace(&client, "match-alloc").await;
     let node = format!("{ns}-node");
-    common::kwok_node(&client, &node, 200).await;
+    common::create_kwok_node(&client, &node, &ns, 200).await;
     common::game_server_pods(&client, &ns, "tanks", &node, SERVERS).await;
     let s = Setup {
         client: client.clone(),

@@ -2,7 +2,7 @@
 //! become Matches, a redelivered event makes no second Match, malformed ones are
 //! dead-lettered with the reason.
 
-use crate::match_common as common;
+use crate::common;
 
 use std::time::Duration;
 

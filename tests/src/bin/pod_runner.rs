@@ -33,8 +33,8 @@ struct Args {
     /// Pods each node admits.
     #[arg(long, env = "POD_RUNNER_MAX_PODS", default_value_t = 200)]
     max_pods: u32,
-    /// Kubeconfig of the cluster (default: KUBECONFIG, then hack/devenv's).
-    #[arg(long, env = "KUBECONFIG")]
+    /// Kubeconfig of the cluster (default: `TANKS_KUBECONFIG`, then hack/devenv's).
+    #[arg(long)]
     kubeconfig: Option<PathBuf>,
 }
 

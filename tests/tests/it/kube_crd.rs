@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, conditions, wait::await_condition, watcher};
-use kube::{Client, CustomResource, CustomResourceExt, Resource};
+use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -21,19 +20,9 @@ pub struct ProbeSpec {
     high: i32,
 }
 
-async fn client() -> Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let path = tanks_testkit::require_kube_apiserver();
-    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("read kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .expect("kubeconfig");
-    Client::try_from(config).expect("client")
-}
-
 #[tokio::test]
 async fn crd_applied_object_created_watched_and_deleted() {
-    let client = client().await;
+    let client = tanks_testkit::require_kube_client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let ssa = PatchParams::apply("tanks-tests").force();
     crds.patch(Probe::crd_name(), &ssa, &Patch::Apply(Probe::crd()))
@@ -47,13 +36,7 @@ async fn crd_applied_object_created_watched_and_deleted() {
     .expect("CRD established in time")
     .expect("watch");
 
-    let ns_name = tanks_testkit::unique("probe");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let mut ns = Namespace::default();
-    ns.meta_mut().name = Some(ns_name.clone());
-    ns.meta_mut().labels = Some([("tanks.dev/test".to_owned(), "true".to_owned())].into());
-    namespaces
-        .create(&PostParams::default(), &ns)
+    let ns_name = tanks_testkit::namespace::create(&client, "probe")
         .await
         .expect("namespace");
 
@@ -104,8 +87,5 @@ async fn crd_applied_object_created_watched_and_deleted() {
     .await;
     assert!(gone.is_ok(), "object deleted in time");
     assert!(probes.get_opt("good").await.expect("get").is_none());
-    namespaces
-        .delete(&ns_name, &DeleteParams::default())
-        .await
-        .expect("delete namespace");
+    tanks_testkit::namespace::delete(&client, &ns_name).await;
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use lapin::options::BasicGetOptions;
@@ -216,9 +216,7 @@ fn fleet(s: &Setup) -> GameFleet {
 async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
     let amqp = tanks_testkit::require_rabbitmq();
     let kubeconfig = tanks_testkit::require_kube_apiserver();
-    let client = tanks_testkit::kube_client(&kubeconfig)
-        .await
-        .expect("kube client");
+    let client = tanks_testkit::require_kube_client().await;
     tanks_testkit::apply_crds(
         &client,
         tanks_operator::api::crds().into_iter().map(|(_, c)| c),
@@ -226,7 +224,9 @@ async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
     .await
     .expect("CRDs applied");
 
-    let ns = tanks_testkit::unique("e2e-match");
+    let ns = tanks_testkit::namespace::create(&client, "e2e-match")
+        .await
+        .expect("namespace");
     let dir = std::env::temp_dir().join(&ns);
     std::fs::create_dir_all(&dir).unwrap();
     // A key of our own, not the development key, so a join only passes if the game
@@ -239,16 +239,6 @@ async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
     std::fs::write(dir.join("token.key"), &key).unwrap();
     let control_secret = format!("control-{}", uuid::Uuid::new_v4().simple());
     std::fs::write(dir.join("control.secret"), &control_secret).unwrap();
-
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(json!({
-        "metadata": { "name": ns, "labels": { "tanks.dev/test": "true" } }
-    }))
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &namespace)
-        .await
-        .expect("namespace");
 
     // The runner's node, created tainted before the runner registers it, so the
     // scheduler never places another test's pod on it.
@@ -376,7 +366,7 @@ async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
     let _ = stop_runner.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(20), runner).await;
     let _ = nodes.delete(&s.node.name, &DeleteParams::default()).await;
-    let _ = namespaces.delete(&s.ns, &DeleteParams::background()).await;
+    tanks_testkit::namespace::delete(&s.client, &s.ns).await;
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }

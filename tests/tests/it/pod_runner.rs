@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::{conditions, wait::await_condition};
 use tanks_testkit::pod_runner::{self, RunnerConfig, RunnerNode};
@@ -20,18 +20,8 @@ fn free_port(addr: Ipv4Addr) -> u16 {
 
 #[tokio::test]
 async fn pods_run_as_processes_and_stop_on_delete() {
-    let kubeconfig = tanks_testkit::require_kube_apiserver();
-    let client = tanks_testkit::kube_client(&kubeconfig)
-        .await
-        .expect("client");
-    let ns = tanks_testkit::unique("runner");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": { "name": ns, "labels": { "tanks.dev/test": "true" } }
-    }))
-    .unwrap();
-    namespaces
-        .create(&PostParams::default(), &namespace)
+    let client = tanks_testkit::require_kube_client().await;
+    let ns = tanks_testkit::namespace::create(&client, "runner")
         .await
         .expect("namespace");
 
@@ -124,5 +114,5 @@ async fn pods_run_as_processes_and_stop_on_delete() {
     runner.await.unwrap().unwrap();
     let nodes: Api<Node> = Api::all(client.clone());
     let _ = nodes.delete(&node.name, &DeleteParams::default()).await;
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    tanks_testkit::namespace::delete(&client, &ns).await;
 }
