@@ -1,5 +1,6 @@
 //! The integration tests of `tests`, one binary: each file is one subject.
 
+mod images;
 mod kafka_roundtrip;
 mod kube_crd;
 mod match_end_to_end;
