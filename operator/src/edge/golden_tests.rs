@@ -264,7 +264,8 @@ fn same_input_same_bytes_and_any_change_changes_the_hash() {
 
 #[test]
 fn bad_input_is_an_error_not_a_broken_config() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut EdgeConfig)>, &str)> = vec![
+    type Mutate = Box<dyn Fn(&mut EdgeConfig)>;
+    let cases: Vec<(&str, Mutate, &str)> = vec![
         (
             "two servers on one port",
             Box::new(|c| {

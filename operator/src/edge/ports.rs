@@ -82,7 +82,7 @@ impl PortPlan {
     /// The exhaustion as an error for a condition and an Event; `None` when every live
     /// server has a port.
     pub fn exhaustion(&self, policy: &PortPolicy, quarantined: usize) -> Option<PortsExhausted> {
-        (!self.unassigned.is_empty()).then(|| PortsExhausted {
+        (!self.unassigned.is_empty()).then_some(PortsExhausted {
             waiting: self.unassigned.len(),
             start: policy.start,
             end: policy.end,

@@ -192,7 +192,8 @@ mod tests {
 
     #[test]
     fn what_cel_should_have_refused_is_an_error() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut EdgeSpec)>)> = vec![
+        type Mutate = Box<dyn Fn(&mut EdgeSpec)>;
+        let cases: Vec<(&str, Mutate)> = vec![
             (
                 "bad cidr",
                 Box::new(|s| s.access.deny = vec!["10.0.0.0/40".into()]),
