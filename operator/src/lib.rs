@@ -12,6 +12,7 @@
 pub mod api;
 pub mod control;
 pub mod domain;
+pub mod edge;
 pub mod error;
 pub mod index;
 pub mod leader;

@@ -1,5 +1,6 @@
 //! The custom resources, as Rust types. `crdgen` writes their CRDs to `crds/`.
 
+pub mod edge;
 pub mod gamefleet;
 pub mod labels;
 pub mod matches;
