@@ -24,17 +24,23 @@ struct Sessions {
     calls: Mutex<Vec<String>>,
 }
 
-impl SessionControl for Sessions {
-    fn create<'a>(
+impl ServerClient for Sessions {
+    fn load<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<LoadReport, ServerError>> {
+        unreachable!("the Match controller reads reports from the load index")
+    }
+    fn drain<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<LoadReport, ServerError>> {
+        unreachable!("the Match controller drains no server")
+    }
+    fn create_session<'a>(
         &'a self,
         base: &'a str,
         request: &'a CreateSession,
-    ) -> BoxFuture<'a, Result<tanks_core::protocol::control::SessionCreated, SessionError>> {
+    ) -> BoxFuture<'a, Result<SessionCreated, ServerError>> {
         Box::pin(async move {
             let server = base.rsplit('/').next().unwrap_or_default().to_owned();
             self.calls.lock().unwrap().push(server.clone());
             if self.refuse.contains(&server) {
-                return Err(SessionError::Refused("full".into(), "full".into()));
+                return Err(ServerError::Refused("full".into(), "full".into()));
             }
             Ok(SessionCreated {
                 match_id: request.match_id.clone(),
@@ -110,7 +116,7 @@ fn fixture(servers: Vec<(&str, &str, u16, LoadReport)>, refuse: &[&str]) -> Fixt
         fleets,
         loads,
         view,
-        sessions: sessions.clone(),
+        server_client: sessions.clone(),
         resolver: Arc::new(|p: &Pod| Some(format!("http://fake/s/{}", p.name_any()))),
         publisher: None,
         match_metrics: Arc::new(MatchMetrics::new(&metrics.registry)),
@@ -118,7 +124,6 @@ fn fixture(servers: Vec<(&str, &str, u16, LoadReport)>, refuse: &[&str]) -> Fixt
         settings: MatchSettings::default(),
         rebuild: None,
         rebuilt: Default::default(),
-        on_allocated: None,
     });
     Fixture {
         ctx,

@@ -2,8 +2,6 @@
 //! nodes (pods go Running) and fake game servers speaking the control interface over
 //! HTTP. Each test has its own namespace, nodes and operator (watching that namespace).
 
-use crate::common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
