@@ -208,7 +208,9 @@ pub async fn run(
             .unwrap_or_else(|| matches.view_for(pod_store.clone(), config.loads.clone()));
         matches.view = Some(view.clone());
         matches.fleet_trigger = Some(trigger_tx.clone());
-        matches.server_client.get_or_insert_with(|| server_client.clone());
+        matches
+            .server_client
+            .get_or_insert_with(|| server_client.clone());
         ctx.pending_matches = Some(view);
     }
     let ctx = Arc::new(ctx);

@@ -29,13 +29,13 @@ use tanks_core::protocol::matchmaking::MatchRequest;
 use tanks_core::rabbit::Publisher;
 use tanks_operator::api::Match;
 use tanks_operator::api::matches::{MatchEndpoint, MatchPhase, MatchStatus};
-use tanks_operator::servers::LoadIndex;
 use tanks_operator::matches::consumer::{ConsumerConfig, to_match};
-use tanks_testkit::fake_servers::FakeServers;
 use tanks_operator::matches::reconcile::{MANAGER, MatchSettings, status_patch};
 use tanks_operator::matches::runtime::{MatchConfig, run_standalone};
 use tanks_operator::metrics::Metrics;
 use tanks_operator::runtime::tokio_runtime;
+use tanks_operator::servers::LoadIndex;
+use tanks_testkit::fake_servers::FakeServers;
 
 /// Matchmaking events awaiting their publisher confirm at once.
 const PUBLISH_WINDOW: usize = 256;
@@ -568,15 +568,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 raw_phase(rate).await?.print();
             }
             let steps_before = step_totals(&metrics);
-            let row = allocations(
-                &client,
-                &ns,
-                (&publisher, &queue),
-                round,
-                args.events,
-                rate,
-            )
-            .await?;
+            let row =
+                allocations(&client, &ns, (&publisher, &queue), round, args.events, rate).await?;
             row.print();
             print_steps(&steps_before, &step_totals(&metrics));
             raws.push(raw);

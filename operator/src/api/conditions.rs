@@ -46,7 +46,14 @@ mod tests {
             observed_generation: Some(1),
             last_transition_time: long_ago.clone(),
         }];
-        let same = condition(&previous, "Available", true, "EnoughReady", "4 of 4", Some(2));
+        let same = condition(
+            &previous,
+            "Available",
+            true,
+            "EnoughReady",
+            "4 of 4",
+            Some(2),
+        );
         assert_eq!(same.last_transition_time, long_ago);
         assert_eq!(same.message, "4 of 4");
         assert_eq!(same.observed_generation, Some(2));

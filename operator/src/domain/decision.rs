@@ -120,7 +120,13 @@ mod tests {
     #[test]
     fn pending_sessions_and_busy_servers_set_the_target() {
         let servers = [server("a", 2, ServerState::Ready)];
-        let d = decide(&servers, 3, &policy(), &mut Stabilizer::default(), Instant::now());
+        let d = decide(
+            &servers,
+            3,
+            &policy(),
+            &mut Stabilizer::default(),
+            Instant::now(),
+        );
         // 2 in use + 3 pending = 5 sessions = 3 servers of 2.
         assert_eq!(d.target, 3);
         assert_eq!(d.plan.create, 2);
@@ -150,7 +156,13 @@ mod tests {
     fn at_max_and_rolling_are_reported() {
         let mut old = server("old", 0, ServerState::Ready);
         old.current = false;
-        let d = decide(&[old], 20, &policy(), &mut Stabilizer::default(), Instant::now());
+        let d = decide(
+            &[old],
+            20,
+            &policy(),
+            &mut Stabilizer::default(),
+            Instant::now(),
+        );
         assert_eq!(d.target, 4);
         assert!(d.at_max);
         assert!(d.rolling);

@@ -306,11 +306,17 @@ enum Reserved {
 /// Reserves a slot in the view for `m` and finds where its server is reached.
 fn reserve(m: &Match, ctx: &MatchContext, strategy: Strategy) -> Reserved {
     let ns = m.namespace().unwrap_or_default();
-    let Some(reserved) = ctx.view.reserve(&ns, &m.name_any(), &m.spec.fleet, strategy) else {
+    let Some(reserved) = ctx
+        .view
+        .reserve(&ns, &m.name_any(), &m.spec.fleet, strategy)
+    else {
         return Reserved::NoRoom;
     };
     let key = reserved.server().to_owned();
-    let server = key.split_once('/').map_or(key.as_str(), |(_, n)| n).to_owned();
+    let server = key
+        .split_once('/')
+        .map_or(key.as_str(), |(_, n)| n)
+        .to_owned();
     let pod = ctx.pods.get(&ObjectRef::new(&server).within(&ns));
     let reached = pod
         .as_deref()
@@ -350,7 +356,11 @@ async fn open_session(
         mode: m.spec.mode.clone(),
     };
     let step = Instant::now();
-    match ctx.server_client.create_session(&target.base, &request).await {
+    match ctx
+        .server_client
+        .create_session(&target.base, &request)
+        .await
+    {
         Ok(created) => {
             ctx.match_metrics.observe_step("session", step);
             Ok(Some(created))

@@ -55,7 +55,8 @@ pub async fn execute(
     key: &str,
 ) -> Result<Outcome> {
     let by_name: HashMap<String, &Pod> = pods.iter().map(|p| (p.name_any(), &**p)).collect();
-    let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &fleet.namespace().unwrap_or_default());
+    let pods_api: Api<Pod> =
+        Api::namespaced(ctx.client.clone(), &fleet.namespace().unwrap_or_default());
     let mut outcome = Outcome::default();
 
     // Removals: failed, lost and drained servers at once; empty ones after a drain call

@@ -158,9 +158,7 @@ pub fn policies(fleet: &GameFleet) -> FleetPolicy {
             max_unavailable: count_or_percent(&spec.rolling_update.max_unavailable),
         },
         health: HealthPolicy {
-            startup_timeout: Duration::from_secs(
-                spec.health.startup_timeout_seconds.max(1) as u64
-            ),
+            startup_timeout: Duration::from_secs(spec.health.startup_timeout_seconds.max(1) as u64),
             unresponsive: Duration::from_secs(spec.health.unresponsive_seconds.max(1) as u64),
         },
         placement: match spec.scheduling {

@@ -42,7 +42,10 @@ impl Note {
 /// The Events a reconcile's outcome deserves, in the order they are published.
 pub fn notes(decision: &Decision, outcome: &Outcome, hash: &str) -> Vec<Note> {
     let Decision {
-        target, reason, plan, ..
+        target,
+        reason,
+        plan,
+        ..
     } = decision;
     let mut notes = Vec::new();
     if outcome.created > 0 {

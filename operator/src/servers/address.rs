@@ -21,8 +21,8 @@ pub type EndpointResolver = Arc<dyn Fn(&Pod) -> Option<String> + Send + Sync>;
 pub fn pod_ip_resolver() -> EndpointResolver {
     Arc::new(|pod: &Pod| {
         let ip = pod.status.as_ref()?.pod_ip.as_ref()?;
-        let port = named_container_port(pod, labels::CONTROL_PORT_NAME)
-            .unwrap_or(DEFAULT_CONTROL_PORT);
+        let port =
+            named_container_port(pod, labels::CONTROL_PORT_NAME).unwrap_or(DEFAULT_CONTROL_PORT);
         Some(format!("http://{ip}:{port}"))
     })
 }
@@ -108,6 +108,9 @@ mod tests {
             pod_ip_resolver()(&unnamed),
             Some(format!("http://10.1.0.5:{DEFAULT_CONTROL_PORT}"))
         );
-        assert_eq!(pod_ip_resolver()(&pod(serde_json::json!({"metadata": {"name": "p"}}))), None);
+        assert_eq!(
+            pod_ip_resolver()(&pod(serde_json::json!({"metadata": {"name": "p"}}))),
+            None
+        );
     }
 }

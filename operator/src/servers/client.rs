@@ -156,7 +156,10 @@ mod tests {
             ServerError::Refused("full".into(), "no room".into())
         );
         assert_eq!(
-            refusal(StatusCode::UNAUTHORIZED, br#"{"error":"unauthorized","message":"token"}"#),
+            refusal(
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":"unauthorized","message":"token"}"#
+            ),
             ServerError::Status(401, "token".into())
         );
         assert_eq!(
