@@ -14,7 +14,7 @@ pub enum Error {
     #[error("pod cache not ready")]
     CacheNotReady,
     #[error("game server session: {0}")]
-    Session(#[from] crate::matches::sessions::SessionError),
+    Session(#[from] crate::servers::ServerError),
     #[error("publishing an allocation: {0}")]
     Publish(String),
 }

@@ -19,13 +19,14 @@ use kube::{Api, Client, Resource};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::api::{GameFleet, labels};
-use crate::control::{EndpointResolver, GameServerControl, HttpControl, Poller, pod_ip_resolver};
-use crate::index::LoadIndex;
+use crate::api::{GameFleet, labels, namespaced_or_all};
 use crate::leader::{Elector, LeaseSettings};
 use crate::matches::runtime::MatchConfig;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Settings};
+use crate::servers::{
+    EndpointResolver, HttpServerClient, LoadIndex, Poller, ServerClient, pod_ip_resolver,
+};
 
 pub struct Config {
     /// Watch one namespace only (default: all).
@@ -41,8 +42,8 @@ pub struct Config {
     pub control_token: Option<String>,
     pub control_timeout: Duration,
     pub resolver: EndpointResolver,
-    /// Replaces the HTTP control client (unit tests).
-    pub control: Option<Arc<dyn GameServerControl>>,
+    /// Replaces the HTTP client of the game servers (tests).
+    pub server_client: Option<Arc<dyn ServerClient>>,
     /// Shared with the caller so tests and benchmarks can read what the operator sees.
     pub loads: Arc<LoadIndex>,
     pub metrics: Arc<Metrics>,
@@ -64,7 +65,7 @@ impl Default for Config {
             control_token: None,
             control_timeout: Duration::from_secs(1),
             resolver: pod_ip_resolver(),
-            control: None,
+            server_client: None,
             loads: Arc::default(),
             metrics: Arc::default(),
             matches: None,
@@ -154,14 +155,8 @@ pub async fn run(
     metrics.leader.set(1);
     info!("leading: starting the GameFleet controller");
 
-    let fleets: Api<GameFleet> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let pods_api: Api<Pod> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let fleets: Api<GameFleet> = namespaced_or_all(&client, config.namespace.as_deref());
+    let pods_api: Api<Pod> = namespaced_or_all(&client, config.namespace.as_deref());
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = watcher(
         pods_api,
@@ -173,8 +168,8 @@ pub async fn run(
     .reflect(pod_writer)
     .touched_objects();
 
-    let control: Arc<dyn GameServerControl> = config.control.clone().unwrap_or_else(|| {
-        Arc::new(HttpControl::new(
+    let server_client: Arc<dyn ServerClient> = config.server_client.clone().unwrap_or_else(|| {
+        Arc::new(HttpServerClient::new(
             config.control_token.clone(),
             config.control_timeout,
         ))
@@ -198,7 +193,7 @@ pub async fn run(
         pod_store.clone(),
         cache_ready.clone(),
         config.loads.clone(),
-        control.clone(),
+        server_client.clone(),
         config.resolver.clone(),
         config.reconciler.clone(),
     );
@@ -213,6 +208,9 @@ pub async fn run(
             .unwrap_or_else(|| matches.view_for(pod_store.clone(), config.loads.clone()));
         matches.view = Some(view.clone());
         matches.fleet_trigger = Some(trigger_tx.clone());
+        matches
+            .server_client
+            .get_or_insert_with(|| server_client.clone());
         ctx.pending_matches = Some(view);
     }
     let ctx = Arc::new(ctx);
@@ -220,7 +218,7 @@ pub async fn run(
         pods: pod_store.clone(),
         cache_ready,
         loads: config.loads.clone(),
-        control,
+        client: server_client,
         resolver: config.resolver.clone(),
         metrics: metrics.clone(),
         interval: config.poll_interval,

@@ -4,6 +4,7 @@
 //! Each address can be overridden with the environment variable named beside it.
 #![forbid(unsafe_code)]
 
+pub mod fake_servers;
 pub mod namespace;
 pub mod pod_runner;
 pub mod process;

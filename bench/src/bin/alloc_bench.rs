@@ -29,13 +29,13 @@ use tanks_core::protocol::matchmaking::MatchRequest;
 use tanks_core::rabbit::Publisher;
 use tanks_operator::api::Match;
 use tanks_operator::api::matches::{MatchEndpoint, MatchPhase, MatchStatus};
-use tanks_operator::index::LoadIndex;
 use tanks_operator::matches::consumer::{ConsumerConfig, to_match};
-use tanks_operator::matches::fake_servers::FakeServers;
 use tanks_operator::matches::reconcile::{MANAGER, MatchSettings, status_patch};
 use tanks_operator::matches::runtime::{MatchConfig, run_standalone};
 use tanks_operator::metrics::Metrics;
 use tanks_operator::runtime::tokio_runtime;
+use tanks_operator::servers::LoadIndex;
+use tanks_testkit::fake_servers::FakeServers;
 
 /// Matchmaking events awaiting their publisher confirm at once.
 const PUBLISH_WINDOW: usize = 256;
@@ -64,10 +64,6 @@ struct Args {
     /// broker), waiting for the broker's confirm before the status write.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     publish_results: bool,
-    /// Time each allocation to the watch event that shows its endpoint (a second watch of
-    /// every Match) instead of to the operator's status write returning.
-    #[arg(long)]
-    watch_latency: bool,
     /// Also watch the ceiling's Matches during its writes (as the operator watches its
     /// own): what a watch costs the API server.
     #[arg(long)]
@@ -241,39 +237,25 @@ async fn ceiling(
     })
 }
 
-/// Where allocations are reported done: by the operator's hook right after its status
-/// write returned (the default), or by a watch of this tool's own.
-struct Done {
-    tx: tokio::sync::mpsc::UnboundedSender<(String, Instant)>,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(String, Instant)>,
-    watch_latency: bool,
-}
-
 /// Publishes `events` matchmaking events (at `rate`/s, or at once) and times each until
 /// its Match shows an endpoint.
 async fn allocations(
     client: &Client,
     ns: &str,
     rabbit: (&Publisher, &str),
-    done: &mut Done,
     round: usize,
     events: usize,
     rate: u32,
 ) -> anyhow::Result<Row> {
     let (publisher, queue) = rabbit;
-    let Done {
-        tx: done_tx,
-        rx: done_rx,
-        watch_latency,
-    } = done;
-    let watch_latency = *watch_latency;
     let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    // With `--watch-latency` the tool times each Match to the watch event showing its
-    // endpoint, as a client watching would see it: a second watch of every Match (the
-    // operator's is the first), which costs the API server and this process their share.
-    let watch = watch_latency.then(|| {
+    // Each Match is timed to the watch event showing its endpoint, as a client watching
+    // would see it. The operator offers no hook of its own: what the benchmark measures
+    // is what any client of the API server can observe. This second watch of every Match
+    // (the operator's is the first) costs the API server and this process their share.
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = {
         let api: Api<Match> = Api::namespaced(client.clone(), ns);
-        let done_tx = done_tx.clone();
         tokio::spawn(async move {
             let mut stream = watcher(api, watcher::Config::default())
                 .default_backoff()
@@ -289,11 +271,9 @@ async fn allocations(
                 }
             }
         })
-    });
-    if watch.is_some() {
-        // Let the watch list and start following before the first publish.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
+    // Let the watch list and start following before the first publish.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let prefix = format!("r{round}-");
     // Publishes are pipelined (up to PUBLISH_WINDOW awaiting their confirm), as a
     // matchmaker serving many players would: one confirmed publish at a time would make
@@ -342,9 +322,7 @@ async fn allocations(
         ));
         last = last.max(at);
     }
-    if let Some(watch) = watch {
-        watch.abort();
-    }
+    watch.abort();
     latencies.sort();
     eprintln!("published {events} events in {publish_secs:.2}s");
     if let Some(dir) = std::env::var_os("ALLOC_BENCH_TIMELINE") {
@@ -472,7 +450,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     publisher.declare(&queue).await?;
     let loads = Arc::new(LoadIndex::default());
     let metrics = Arc::new(Metrics::default());
-    let mut config = MatchConfig {
+    let config = MatchConfig {
         metrics: metrics.clone(),
         namespace: Some(ns.clone()),
         concurrency: args.concurrency,
@@ -493,18 +471,6 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             .publish_results
             .then(|| (args.amqp.clone(), results.clone())),
         ..Default::default()
-    };
-    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
-    if !args.watch_latency {
-        let done_tx = done_tx.clone();
-        config.on_allocated = Some(Arc::new(move |_ns: &str, name: &str| {
-            let _ = done_tx.send((name.to_owned(), Instant::now()));
-        }));
-    }
-    let mut done = Done {
-        tx: done_tx,
-        rx: done_rx,
-        watch_latency: args.watch_latency,
     };
     let poll_ms = args.poll_ms;
     let operator = tokio::spawn({
@@ -556,16 +522,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 raw_phase(rate).await?.print();
             }
             let steps_before = step_totals(&metrics);
-            let row = allocations(
-                &client,
-                &ns,
-                (&publisher, &queue),
-                &mut done,
-                round,
-                args.events,
-                rate,
-            )
-            .await?;
+            let row =
+                allocations(&client, &ns, (&publisher, &queue), round, args.events, rate).await?;
             row.print();
             print_steps(&steps_before, &step_totals(&metrics));
             raws.push(raw);

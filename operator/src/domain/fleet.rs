@@ -109,7 +109,7 @@ impl Server {
     }
 
     /// Counts toward the fleet's replicas: it stays and will take sessions.
-    fn stays(&self) -> bool {
+    pub fn stays(&self) -> bool {
         matches!(
             self.state,
             ServerState::Starting | ServerState::Ready | ServerState::Unready

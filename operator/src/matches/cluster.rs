@@ -8,8 +8,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::api::labels;
-use crate::index::LoadIndex;
 use crate::matches::view::{ServerInfo, ServerSource};
+use crate::servers::LoadIndex;
 
 pub struct PodLoadSource {
     pub pods: Store<Pod>,

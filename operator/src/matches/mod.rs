@@ -5,18 +5,16 @@
 //! - [`view`]: the in-memory allocation view (slots reserved before a server is asked),
 //!   fed by [`cluster`] (pod cache + load reports); the policy is
 //!   [`crate::domain::allocation`];
-//! - [`sessions`]: `POST /v1/sessions` on a game server, and a pod's client endpoint;
 //! - [`reconcile`]: the Match controller; [`publish`]: results to `match_allocations`;
-//! - [`runtime`]: wires them; [`metrics`]; [`fake_servers`]: many control interfaces in one
-//!   listener, for tests and benchmarks.
+//! - [`runtime`]: wires them; [`metrics`].
+//!
+//! Game servers are reached through [`crate::servers`].
 
 pub mod cluster;
 pub mod consumer;
-pub mod fake_servers;
 pub mod metrics;
 pub mod naming;
 pub mod publish;
 pub mod reconcile;
 pub mod runtime;
-pub mod sessions;
 pub mod view;

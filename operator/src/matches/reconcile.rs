@@ -16,34 +16,36 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
-use tanks_core::protocol::control::CreateSession;
+use tanks_core::protocol::control::{CreateSession, SessionCreated};
 use tanks_core::protocol::matchmaking::{Endpoint, MATCH_ALLOCATED, MatchAllocated};
 use tracing::{instrument, warn};
 
+use crate::api::conditions::condition;
 use crate::api::gamefleet::Scheduling;
 use crate::api::matches::{MatchEndpoint, MatchPhase, MatchStatus};
 use crate::api::{GameFleet, Match};
-use crate::control::EndpointResolver;
 use crate::domain::allocation::Strategy;
 use crate::error::{Error, Result};
-use crate::index::LoadIndex;
 use crate::matches::metrics::MatchMetrics;
 use crate::matches::publish::AllocationPublisher;
-use crate::matches::sessions::{SessionControl, SessionError, endpoint_of};
 use crate::matches::view::AllocationView;
 use crate::metrics::Metrics;
+use crate::servers::address::game_endpoint;
+use crate::servers::{EndpointResolver, LoadIndex, ServerClient, ServerError};
 
 /// Field manager of Match status writes.
 pub const MANAGER: &str = "tanks-operator-match";
 const KIND: &str = "Match";
 /// Servers tried in one reconcile before waiting (each refusal marks one server).
 const MAX_TRIES: usize = 5;
+/// Players reach game servers over UDP.
+const PROTOCOL: &str = "UDP";
 
 #[derive(Debug, Clone)]
 pub struct MatchSettings {
@@ -81,7 +83,7 @@ pub struct MatchContext {
     pub fleets: Store<GameFleet>,
     pub loads: Arc<LoadIndex>,
     pub view: Arc<AllocationView>,
-    pub sessions: Arc<dyn SessionControl>,
+    pub server_client: Arc<dyn ServerClient>,
     pub resolver: EndpointResolver,
     pub publisher: Option<AllocationPublisher>,
     pub metrics: Arc<Metrics>,
@@ -91,15 +93,7 @@ pub struct MatchContext {
     /// [`AllocationView`]); `None` in unit tests.
     pub rebuild: Option<Rebuild>,
     pub rebuilt: tokio::sync::OnceCell<()>,
-    /// Called once a Match's endpoint is in its status (see [`AllocatedHook`]).
-    pub on_allocated: Option<AllocatedHook>,
 }
-
-/// Told `(namespace, name)` of each Match right after the status write that gave it
-/// its endpoint returned: the moment the allocation is durable in the API server. Lets
-/// an embedding program (the allocation benchmark) time allocations without a watch of
-/// its own, which would cost the API server a second stream of every Match event.
-pub type AllocatedHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// What the view is rebuilt from. The first reconcile runs it: the controller starts
 /// reconciling only once its Match cache is complete, and the caller starts the
@@ -210,21 +204,9 @@ fn strategy(m: &Match, ctx: &MatchContext) -> Strategy {
     }
 }
 
-fn condition(
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if status { "True" } else { "False" }.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time: Time(now()),
-    }
+/// The conditions a Match shows now, for the next condition's transition time.
+fn previous_conditions(m: &Match) -> &[Condition] {
+    m.status.as_ref().map_or(&[], |s| &s.conditions)
 }
 
 /// Replaces the whole status with one JSON Patch `add /status`. Cheaper for the API
@@ -256,128 +238,40 @@ pub fn status_patch(status: &MatchStatus) -> Result<json_patch::Patch> {
     )]))
 }
 
+/// A pending match: reserve a slot → open the session → publish → status. A server
+/// that refuses or cannot be reached gives its slot back and the next is tried, up to
+/// [`MAX_TRIES`]; with no room at all the match waits.
 async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
-    let ns = m.namespace().unwrap_or_default();
-    let name = m.name_any();
-    let settings = &ctx.settings;
     let waited = age(m);
-    if waited >= settings.pending_timeout {
-        ctx.view.release(&ns, &name);
+    if waited >= ctx.settings.pending_timeout {
+        ctx.view
+            .release(&m.namespace().unwrap_or_default(), &m.name_any());
         let reason = format!(
             "no game server of fleet {} had room within {}s",
             m.spec.fleet,
-            settings.pending_timeout.as_secs()
+            ctx.settings.pending_timeout.as_secs()
         );
         return fail(m, ctx, "AllocationTimeout", &reason).await;
     }
     let strategy = strategy(m, ctx);
     for _ in 0..MAX_TRIES {
         let started = Instant::now();
-        let Some(reserved) = ctx.view.reserve(&ns, &name, &m.spec.fleet, strategy) else {
-            ctx.match_metrics
-                .allocations
-                .with_label_values(&["no_capacity"])
-                .inc();
-            return wait_for_room(m, ctx, waited).await;
+        let target = match reserve(m, ctx, strategy) {
+            Reserved::Server(target) => target,
+            Reserved::Unreachable => continue,
+            Reserved::NoRoom => {
+                ctx.match_metrics
+                    .allocations
+                    .with_label_values(&["no_capacity"])
+                    .inc();
+                return wait_for_room(m, ctx, waited).await;
+            }
         };
-        let server_key = reserved.server().to_owned();
-        let server = server_key
-            .split_once('/')
-            .map_or(server_key.as_str(), |(_, n)| n)
-            .to_owned();
-        let pod = ctx.pods.get(&ObjectRef::new(&server).within(&ns));
-        let target = pod
-            .as_deref()
-            .and_then(|p| Some(((ctx.resolver)(p)?, endpoint_of(p)?)));
-        let Some((base, (address, port))) = target else {
-            ctx.view.release(&ns, &name);
-            ctx.view.refused(&server_key);
+        let Some(session) = open_session(m, ctx, &target).await? else {
             continue;
         };
-        let request = CreateSession {
-            match_id: name.clone(),
-            players: m.spec.players.clone(),
-            map: m.spec.map.clone(),
-            mode: m.spec.mode.clone(),
-        };
-        let step = Instant::now();
-        let created = match ctx.sessions.create(&base, &request).await {
-            Ok(created) => {
-                ctx.match_metrics.observe_step("session", step);
-                created
-            }
-            Err(SessionError::Refused(why, message)) => {
-                tracing::debug!(%server, %why, %message, "server refused the session; trying another");
-                ctx.match_metrics
-                    .allocations
-                    .with_label_values(&["refused"])
-                    .inc();
-                ctx.view.release(&ns, &name);
-                ctx.view.refused(&server_key);
-                continue;
-            }
-            Err(e) => {
-                ctx.match_metrics
-                    .allocations
-                    .with_label_values(&["error"])
-                    .inc();
-                ctx.view.release(&ns, &name);
-                ctx.view.refused(&server_key);
-                return Err(Error::Session(e));
-            }
-        };
-        let endpoint = MatchEndpoint {
-            address,
-            port: i32::from(port),
-            protocol: "UDP".into(),
-        };
-        if let Some(publisher) = &ctx.publisher {
-            let message = MatchAllocated {
-                event_type: MATCH_ALLOCATED.into(),
-                event_id: m.spec.source_event_id.clone(),
-                match_id: m.spec.match_id.clone(),
-                namespace: ns.clone(),
-                name: name.clone(),
-                endpoint: Endpoint {
-                    address: endpoint.address.clone(),
-                    port,
-                    protocol: endpoint.protocol.clone(),
-                },
-                session_id: created.session_id.clone(),
-                game_server: server.clone(),
-                players: m.spec.players.clone(),
-            };
-            // Before the status: a failure here retries the whole step (the slot and the
-            // session stay), so the matchmaker hears of every allocation at least once.
-            let step = Instant::now();
-            publisher
-                .publish(&message)
-                .await
-                .map_err(|e| Error::Publish(e.to_string()))?;
-            ctx.match_metrics.observe_step("publish", step);
-        }
-        let status = MatchStatus {
-            phase: MatchPhase::Allocated,
-            game_server: Some(server.clone()),
-            endpoint: Some(endpoint),
-            session_id: Some(created.session_id),
-            allocated_at: Some(now().to_string()),
-            observed_generation: m.metadata.generation,
-            conditions: vec![condition(
-                "Allocated",
-                true,
-                "SessionCreated",
-                &format!("session on {server}"),
-                m.metadata.generation,
-            )],
-            ..Default::default()
-        };
-        let step = Instant::now();
-        write_status(m, ctx, &status).await?;
-        ctx.match_metrics.observe_step("status", step);
-        if let Some(hook) = &ctx.on_allocated {
-            hook(&ns, &name);
-        }
+        publish(m, ctx, &target, &session).await?;
+        write_allocated(m, ctx, target, session).await?;
         ctx.match_metrics
             .allocations
             .with_label_values(&["allocated"])
@@ -385,9 +279,182 @@ async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
         ctx.match_metrics
             .allocation_duration
             .observe(started.elapsed().as_secs_f64());
-        return Ok(Action::requeue(settings.resync));
+        return Ok(Action::requeue(ctx.settings.resync));
     }
     wait_for_room(m, ctx, waited).await
+}
+
+/// The game server a match's slot is reserved on, and where it is reached.
+struct Target {
+    /// `namespace/pod`, as the view names servers.
+    key: String,
+    /// The pod name.
+    server: String,
+    /// Its control interface.
+    base: String,
+    /// Where players join.
+    endpoint: (String, u16),
+}
+
+enum Reserved {
+    Server(Target),
+    /// The view chose a server whose pod has no address (yet): skipped.
+    Unreachable,
+    NoRoom,
+}
+
+/// Reserves a slot in the view for `m` and finds where its server is reached.
+fn reserve(m: &Match, ctx: &MatchContext, strategy: Strategy) -> Reserved {
+    let ns = m.namespace().unwrap_or_default();
+    let Some(reserved) = ctx
+        .view
+        .reserve(&ns, &m.name_any(), &m.spec.fleet, strategy)
+    else {
+        return Reserved::NoRoom;
+    };
+    let key = reserved.server().to_owned();
+    let server = key
+        .split_once('/')
+        .map_or(key.as_str(), |(_, n)| n)
+        .to_owned();
+    let pod = ctx.pods.get(&ObjectRef::new(&server).within(&ns));
+    let reached = pod
+        .as_deref()
+        .and_then(|p| Some(((ctx.resolver)(p)?, game_endpoint(p)?)));
+    match reached {
+        Some((base, endpoint)) => Reserved::Server(Target {
+            key,
+            server,
+            base,
+            endpoint,
+        }),
+        None => {
+            give_back(m, ctx, &key);
+            Reserved::Unreachable
+        }
+    }
+}
+
+/// Releases `m`'s reservation and skips its server for a while.
+fn give_back(m: &Match, ctx: &MatchContext, server_key: &str) {
+    ctx.view
+        .release(&m.namespace().unwrap_or_default(), &m.name_any());
+    ctx.view.refused(server_key);
+}
+
+/// Asks the target for the match's session: `None` when it refused (the slot is given
+/// back and another server may say yes), an error when the call failed.
+async fn open_session(
+    m: &Match,
+    ctx: &MatchContext,
+    target: &Target,
+) -> Result<Option<SessionCreated>> {
+    let request = CreateSession {
+        match_id: m.name_any(),
+        players: m.spec.players.clone(),
+        map: m.spec.map.clone(),
+        mode: m.spec.mode.clone(),
+    };
+    let step = Instant::now();
+    match ctx
+        .server_client
+        .create_session(&target.base, &request)
+        .await
+    {
+        Ok(created) => {
+            ctx.match_metrics.observe_step("session", step);
+            Ok(Some(created))
+        }
+        Err(ServerError::Refused(why, message)) => {
+            tracing::debug!(server = %target.server, %why, %message, "server refused the session; trying another");
+            ctx.match_metrics
+                .allocations
+                .with_label_values(&["refused"])
+                .inc();
+            give_back(m, ctx, &target.key);
+            Ok(None)
+        }
+        Err(e) => {
+            ctx.match_metrics
+                .allocations
+                .with_label_values(&["error"])
+                .inc();
+            give_back(m, ctx, &target.key);
+            Err(Error::Session(e))
+        }
+    }
+}
+
+/// Tells the matchmaker (when there is a broker). Before the status: a failure here
+/// retries the whole step (the slot and the session stay), so the matchmaker hears of
+/// every allocation at least once.
+async fn publish(
+    m: &Match,
+    ctx: &MatchContext,
+    target: &Target,
+    session: &SessionCreated,
+) -> Result<()> {
+    let Some(publisher) = &ctx.publisher else {
+        return Ok(());
+    };
+    let (address, port) = &target.endpoint;
+    let message = MatchAllocated {
+        event_type: MATCH_ALLOCATED.into(),
+        event_id: m.spec.source_event_id.clone(),
+        match_id: m.spec.match_id.clone(),
+        namespace: m.namespace().unwrap_or_default(),
+        name: m.name_any(),
+        endpoint: Endpoint {
+            address: address.clone(),
+            port: *port,
+            protocol: PROTOCOL.into(),
+        },
+        session_id: session.session_id.clone(),
+        game_server: target.server.clone(),
+        players: m.spec.players.clone(),
+    };
+    let step = Instant::now();
+    publisher
+        .publish(&message)
+        .await
+        .map_err(|e| Error::Publish(e.to_string()))?;
+    ctx.match_metrics.observe_step("publish", step);
+    Ok(())
+}
+
+/// Writes `Allocated` with the endpoint: the allocation's one status write.
+async fn write_allocated(
+    m: &Match,
+    ctx: &MatchContext,
+    target: Target,
+    session: SessionCreated,
+) -> Result<()> {
+    let (address, port) = target.endpoint;
+    let status = MatchStatus {
+        phase: MatchPhase::Allocated,
+        game_server: Some(target.server.clone()),
+        endpoint: Some(MatchEndpoint {
+            address,
+            port: i32::from(port),
+            protocol: PROTOCOL.into(),
+        }),
+        session_id: Some(session.session_id),
+        allocated_at: Some(now().to_string()),
+        observed_generation: m.metadata.generation,
+        conditions: vec![condition(
+            previous_conditions(m),
+            "Allocated",
+            true,
+            "SessionCreated",
+            format!("session on {}", target.server),
+            m.metadata.generation,
+        )],
+        ..Default::default()
+    };
+    let step = Instant::now();
+    write_status(m, ctx, &status).await?;
+    ctx.match_metrics.observe_step("status", step);
+    Ok(())
 }
 
 /// No server has room: say so once in the status, look again shortly.
@@ -403,10 +470,11 @@ async fn wait_for_room(m: &Match, ctx: &MatchContext, waited: Duration) -> Resul
             reason: Some(reason.clone()),
             observed_generation: m.metadata.generation,
             conditions: vec![condition(
+                previous_conditions(m),
                 "Allocated",
                 false,
                 "NoCapacity",
-                &reason,
+                reason.clone(),
                 m.metadata.generation,
             )],
             ..Default::default()
@@ -429,6 +497,7 @@ async fn fail(m: &Match, ctx: &MatchContext, reason_kind: &str, reason: &str) ->
     status.finished_at = Some(now().to_string());
     status.observed_generation = m.metadata.generation;
     status.conditions = vec![condition(
+        previous_conditions(m),
         "Allocated",
         false,
         reason_kind,
@@ -474,10 +543,11 @@ async fn follow(m: &Match, ctx: &MatchContext) -> Result<Action> {
         next.reason = Some(format!("session ended: {}", done.reason));
         next.finished_at = Some(now().to_string());
         next.conditions = vec![condition(
+            previous_conditions(m),
             "Finished",
             true,
             "SessionEnded",
-            &done.reason,
+            done.reason.clone(),
             m.metadata.generation,
         )];
         write_status(m, ctx, &next).await?;

@@ -1,6 +1,7 @@
-//! Each reconcile decision against a `tower_test` API server: the test plays the API
-//! server's side of every request the reconcile makes, and every conversation ends in a
-//! timeout so a missing or extra request fails the test.
+//! Each reconcile decision against a `tower_test` API server: a [`Scenario`] names the
+//! servers, the Match and the requests the reconcile must make, in order; the test
+//! plays the API server's side, and every conversation ends in a timeout so a missing
+//! or extra request fails the test.
 
 use std::sync::Mutex;
 
@@ -24,17 +25,23 @@ struct Sessions {
     calls: Mutex<Vec<String>>,
 }
 
-impl SessionControl for Sessions {
-    fn create<'a>(
+impl ServerClient for Sessions {
+    fn load<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<LoadReport, ServerError>> {
+        unreachable!("the Match controller reads reports from the load index")
+    }
+    fn drain<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<LoadReport, ServerError>> {
+        unreachable!("the Match controller drains no server")
+    }
+    fn create_session<'a>(
         &'a self,
         base: &'a str,
         request: &'a CreateSession,
-    ) -> BoxFuture<'a, Result<tanks_core::protocol::control::SessionCreated, SessionError>> {
+    ) -> BoxFuture<'a, Result<SessionCreated, ServerError>> {
         Box::pin(async move {
             let server = base.rsplit('/').next().unwrap_or_default().to_owned();
             self.calls.lock().unwrap().push(server.clone());
             if self.refuse.contains(&server) {
-                return Err(SessionError::Refused("full".into(), "full".into()));
+                return Err(ServerError::Refused("full".into(), "full".into()));
             }
             Ok(SessionCreated {
                 match_id: request.match_id.clone(),
@@ -43,12 +50,6 @@ impl SessionControl for Sessions {
             })
         })
     }
-}
-
-struct Fixture {
-    ctx: Arc<MatchContext>,
-    sessions: Arc<Sessions>,
-    handle: ApiHandle,
 }
 
 fn pod(name: &str, host_ip: &str, port: u16) -> Pod {
@@ -80,53 +81,6 @@ fn report(sessions: &[&str], capacity: u32, draining: bool) -> LoadReport {
     }
 }
 
-/// Servers as (name, host IP, host port, load report).
-fn fixture(servers: Vec<(&str, &str, u16, LoadReport)>, refuse: &[&str]) -> Fixture {
-    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(service, "ns");
-    let (pods, mut writer) = kube::runtime::reflector::store();
-    let loads = Arc::new(LoadIndex::default());
-    for (name, ip, port, report) in servers {
-        writer.apply_watcher_event(&watcher::Event::Apply(pod(name, ip, port)));
-        loads.set(&format!("ns/{name}"), report);
-    }
-    let (fleets, _) = kube::runtime::reflector::store();
-    let view = Arc::new(AllocationView::new(
-        Box::new(PodLoadSource {
-            pods: pods.clone(),
-            loads: loads.clone(),
-        }),
-        Duration::ZERO,
-        Duration::from_secs(60),
-    ));
-    let sessions = Arc::new(Sessions {
-        refuse: refuse.iter().map(|s| (*s).to_owned()).collect(),
-        ..Default::default()
-    });
-    let metrics = Arc::new(Metrics::default());
-    let ctx = Arc::new(MatchContext {
-        client,
-        pods,
-        fleets,
-        loads,
-        view,
-        sessions: sessions.clone(),
-        resolver: Arc::new(|p: &Pod| Some(format!("http://fake/s/{}", p.name_any()))),
-        publisher: None,
-        match_metrics: Arc::new(MatchMetrics::new(&metrics.registry)),
-        metrics,
-        settings: MatchSettings::default(),
-        rebuild: None,
-        rebuilt: Default::default(),
-        on_allocated: None,
-    });
-    Fixture {
-        ctx,
-        sessions,
-        handle,
-    }
-}
-
 fn a_match(name: &str, age_secs: i64, status: Option<Value>) -> Match {
     let created = Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(age_secs);
     let mut m = json!({
@@ -141,96 +95,180 @@ fn a_match(name: &str, age_secs: i64, status: Option<Value>) -> Match {
     serde_json::from_value(m).unwrap()
 }
 
-/// Expects one request, checks it, answers with `reply`, returns its JSON body.
-async fn expect(handle: &mut ApiHandle, method: Method, path: &str, reply: Value) -> Value {
-    let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
-        .await
-        .expect("the reconcile made no further request")
-        .expect("service dropped");
-    assert_eq!(request.method(), method);
-    assert_eq!(request.uri().path(), path);
-    let bytes = request.into_body().collect_bytes().await.unwrap();
-    let mut body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    // A status write is a JSON Patch replacing /status: show it as the object it makes.
-    if let Value::Array(ops) = &body {
-        assert_eq!(ops.len(), 1, "one operation: {body}");
-        assert_eq!(ops[0]["op"], "add");
-        assert_eq!(ops[0]["path"], "/status");
-        body = json!({"status": ops[0]["value"]});
-    }
-    send.send_response(
-        Response::builder()
-            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-            .unwrap(),
-    );
-    body
+fn allocated(server: &str) -> Value {
+    json!({"phase": "Allocated", "gameServer": server, "sessionId": "s-m1",
+           "endpoint": {"address": "10.0.0.1", "port": 7001, "protocol": "UDP"},
+           "allocatedAt": Timestamp::now().to_string()})
 }
 
 const STATUS_PATH: &str = "/apis/tanks.dev/v1alpha1/namespaces/ns/matches/m1/status";
+const MATCH_PATH: &str = "/apis/tanks.dev/v1alpha1/namespaces/ns/matches/m1";
 
-/// Runs the reconcile while the test plays the API server, then checks nothing else was asked.
-async fn run_with<F>(
-    fx: Fixture,
+type StatusCheck = Box<dyn FnOnce(&Value) + Send>;
+
+/// A request the reconcile must make.
+enum Expect {
+    /// A status write; the check sees the status it writes.
+    Status(StatusCheck),
+    Delete,
+}
+
+/// One reconcile of one Match: the game servers as (name, host IP, host port, load
+/// report), those that refuse sessions, and the requests expected of it.
+struct Scenario {
+    servers: Vec<(&'static str, &'static str, u16, LoadReport)>,
+    refuse: Vec<&'static str>,
     m: Match,
-    api: impl FnOnce(ApiHandle) -> F,
-) -> (Result<Action>, Arc<Sessions>, Arc<MatchContext>)
-where
-    F: std::future::Future<Output = ApiHandle> + Send + 'static,
-{
-    let Fixture {
-        ctx,
-        sessions,
-        handle,
-    } = fx;
-    let server = tokio::spawn(api(handle));
-    let result = reconcile(Arc::new(m), ctx.clone()).await;
-    let mut handle = server.await.unwrap();
+    requests: Vec<Expect>,
+}
+
+/// What a scenario left behind, for checks beyond the conversation.
+struct Ran {
+    result: Result<Action>,
+    /// Servers asked for a session, in order.
+    calls: Vec<String>,
+    ctx: Arc<MatchContext>,
+}
+
+impl Scenario {
+    fn of(m: Match) -> Self {
+        Scenario {
+            servers: Vec::new(),
+            refuse: Vec::new(),
+            m,
+            requests: Vec::new(),
+        }
+    }
+
+    fn server(mut self, name: &'static str, ip: &'static str, port: u16, r: LoadReport) -> Self {
+        self.servers.push((name, ip, port, r));
+        self
+    }
+
+    fn refusing(mut self, name: &'static str) -> Self {
+        self.refuse.push(name);
+        self
+    }
+
+    /// Expects a status write; `check` sees the status written.
+    fn writes_status(mut self, check: impl FnOnce(&Value) + Send + 'static) -> Self {
+        self.requests.push(Expect::Status(Box::new(check)));
+        self
+    }
+
+    fn deletes(mut self) -> Self {
+        self.requests.push(Expect::Delete);
+        self
+    }
+
+    async fn run(self) -> Ran {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "ns");
+        let (pods, mut writer) = kube::runtime::reflector::store();
+        let loads = Arc::new(LoadIndex::default());
+        for (name, ip, port, report) in self.servers {
+            writer.apply_watcher_event(&watcher::Event::Apply(pod(name, ip, port)));
+            loads.set(&format!("ns/{name}"), report);
+        }
+        let (fleets, _) = kube::runtime::reflector::store();
+        let view = Arc::new(AllocationView::new(
+            Box::new(PodLoadSource {
+                pods: pods.clone(),
+                loads: loads.clone(),
+            }),
+            Duration::ZERO,
+            Duration::from_secs(60),
+        ));
+        let sessions = Arc::new(Sessions {
+            refuse: self.refuse.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        });
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(MatchContext {
+            client,
+            pods,
+            fleets,
+            loads,
+            view,
+            server_client: sessions.clone(),
+            resolver: Arc::new(|p: &Pod| Some(format!("http://fake/s/{}", p.name_any()))),
+            publisher: None,
+            match_metrics: Arc::new(MatchMetrics::new(&metrics.registry)),
+            metrics,
+            settings: MatchSettings::default(),
+            rebuild: None,
+            rebuilt: Default::default(),
+        });
+        let reply = serde_json::to_value(&self.m).unwrap();
+        let api = tokio::spawn(play_api_server(handle, self.requests, reply));
+        let result = reconcile(Arc::new(self.m), ctx.clone()).await;
+        api.await.unwrap();
+        let calls = sessions.calls.lock().unwrap().clone();
+        Ran { result, calls, ctx }
+    }
+}
+
+/// Answers each expected request with `reply`, then checks nothing else is asked.
+async fn play_api_server(mut handle: ApiHandle, requests: Vec<Expect>, reply: Value) {
+    for expected in requests {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .expect("the reconcile made no further request")
+            .expect("service dropped");
+        let (method, path) = match &expected {
+            Expect::Status(_) => (Method::PATCH, STATUS_PATH),
+            Expect::Delete => (Method::DELETE, MATCH_PATH),
+        };
+        assert_eq!(request.method(), method);
+        assert_eq!(request.uri().path(), path);
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        if let Expect::Status(check) = expected {
+            // A status write is a JSON Patch replacing /status: check the status it makes.
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            let ops = body.as_array().expect("a JSON Patch");
+            assert_eq!(ops.len(), 1, "one operation: {body}");
+            assert_eq!(ops[0]["op"], "add");
+            assert_eq!(ops[0]["path"], "/status");
+            check(&ops[0]["value"]);
+        }
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
     let extra = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
     assert!(extra.is_err(), "unexpected extra request");
-    (result, sessions, ctx)
 }
 
 #[tokio::test]
 async fn a_pending_match_goes_to_the_busiest_server_with_room() {
-    let fx = fixture(
-        vec![
-            ("empty", "10.0.0.1", 7001, report(&[], 2, false)),
-            ("busy", "10.0.0.2", 7002, report(&["x"], 2, false)),
-            ("full", "10.0.0.3", 7003, report(&["y", "z"], 2, false)),
-            ("draining", "10.0.0.4", 7004, report(&["w"], 4, true)),
-        ],
-        &[],
-    );
-    let m = a_match("m1", 1, None);
-    let (result, sessions, ctx) = run_with(fx, m.clone(), |mut h| async move {
-        let body = expect(
-            &mut h,
-            Method::PATCH,
-            STATUS_PATH,
-            serde_json::to_value(&m).unwrap(),
-        )
+    let ran = Scenario::of(a_match("m1", 1, None))
+        .server("empty", "10.0.0.1", 7001, report(&[], 2, false))
+        .server("busy", "10.0.0.2", 7002, report(&["x"], 2, false))
+        .server("full", "10.0.0.3", 7003, report(&["y", "z"], 2, false))
+        .server("draining", "10.0.0.4", 7004, report(&["w"], 4, true))
+        .writes_status(|status| {
+            assert_eq!(status["phase"], "Allocated");
+            assert_eq!(status["gameServer"], "busy");
+            assert_eq!(
+                status["endpoint"],
+                json!({"address": "10.0.0.2", "port": 7002, "protocol": "UDP"})
+            );
+            assert_eq!(status["sessionId"], "session-on-busy");
+            assert_eq!(status["conditions"][0]["type"], "Allocated");
+            assert_eq!(status["observedGeneration"], 1);
+        })
+        .run()
         .await;
-        let status = &body["status"];
-        assert_eq!(status["phase"], "Allocated");
-        assert_eq!(status["gameServer"], "busy");
-        assert_eq!(
-            status["endpoint"],
-            json!({"address": "10.0.0.2", "port": 7002, "protocol": "UDP"})
-        );
-        assert_eq!(status["sessionId"], "session-on-busy");
-        assert_eq!(status["conditions"][0]["type"], "Allocated");
-        assert_eq!(status["observedGeneration"], 1);
-        h
-    })
-    .await;
     assert_eq!(
-        result.unwrap(),
+        ran.result.unwrap(),
         Action::requeue(MatchSettings::default().resync)
     );
-    assert_eq!(*sessions.calls.lock().unwrap(), ["busy"]);
-    assert_eq!(ctx.view.used("ns", "tanks", "ns/busy"), Some(2));
+    assert_eq!(ran.calls, ["busy"]);
+    assert_eq!(ran.ctx.view.used("ns", "tanks", "ns/busy"), Some(2));
     // Each step of the allocation is timed once; there is no publisher here.
-    let steps = &ctx.match_metrics.allocation_step;
+    let steps = &ran.ctx.match_metrics.allocation_step;
     for (step, count) in [("session", 1), ("status", 1), ("publish", 0)] {
         assert_eq!(
             steps.with_label_values(&[step]).get_sample_count(),
@@ -242,101 +280,80 @@ async fn a_pending_match_goes_to_the_busiest_server_with_room() {
 
 #[tokio::test]
 async fn a_refusing_server_is_skipped_for_the_next() {
-    let fx = fixture(
-        vec![
-            ("a", "10.0.0.1", 7001, report(&["x"], 4, false)),
-            ("b", "10.0.0.2", 7002, report(&[], 4, false)),
-        ],
-        &["a"],
-    );
-    let m = a_match("m1", 1, None);
-    let (result, sessions, _) = run_with(fx, m.clone(), |mut h| async move {
-        let body = expect(
-            &mut h,
-            Method::PATCH,
-            STATUS_PATH,
-            serde_json::to_value(&m).unwrap(),
-        )
+    let ran = Scenario::of(a_match("m1", 1, None))
+        .server("a", "10.0.0.1", 7001, report(&["x"], 4, false))
+        .server("b", "10.0.0.2", 7002, report(&[], 4, false))
+        .refusing("a")
+        .writes_status(|status| assert_eq!(status["gameServer"], "b"))
+        .run()
         .await;
-        assert_eq!(body["status"]["gameServer"], "b");
-        h
-    })
-    .await;
-    result.unwrap();
-    assert_eq!(*sessions.calls.lock().unwrap(), ["a", "b"]);
+    ran.result.unwrap();
+    assert_eq!(ran.calls, ["a", "b"]);
 }
 
 #[tokio::test]
 async fn no_room_keeps_the_match_pending_with_a_reason_and_counts_it() {
-    let fx = fixture(vec![("a", "10.0.0.1", 7001, report(&["x"], 1, false))], &[]);
-    let m = a_match("m1", 1, None);
-    let (result, sessions, ctx) = run_with(fx, m.clone(), |mut h| async move {
-        let body = expect(
-            &mut h,
-            Method::PATCH,
-            STATUS_PATH,
-            serde_json::to_value(&m).unwrap(),
-        )
+    let ran = Scenario::of(a_match("m1", 1, None))
+        .server("a", "10.0.0.1", 7001, report(&["x"], 1, false))
+        .writes_status(|status| {
+            assert_eq!(status["phase"], "Pending");
+            assert!(
+                status["reason"]
+                    .as_str()
+                    .unwrap()
+                    .contains("waiting for a game server of fleet tanks")
+            );
+            assert_eq!(status["conditions"][0]["reason"], "NoCapacity");
+        })
+        .run()
         .await;
-        assert_eq!(body["status"]["phase"], "Pending");
-        assert!(
-            body["status"]["reason"]
-                .as_str()
-                .unwrap()
-                .contains("waiting for a game server of fleet tanks")
-        );
-        assert_eq!(body["status"]["conditions"][0]["reason"], "NoCapacity");
-        h
-    })
-    .await;
-    assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(1)));
-    assert!(sessions.calls.lock().unwrap().is_empty());
-    assert_eq!(ctx.view.pending("ns", "tanks"), 1);
+    assert_eq!(ran.result.unwrap(), Action::requeue(Duration::from_secs(1)));
+    assert!(ran.calls.is_empty());
+    assert_eq!(ran.ctx.view.pending("ns", "tanks"), 1);
 }
 
 #[tokio::test]
 async fn a_pending_match_with_its_reason_written_waits_without_writing() {
-    let fx = fixture(vec![], &[]);
     let reason = "waiting for a game server of fleet tanks with room";
     let m = a_match("m1", 1, Some(json!({"phase": "Pending", "reason": reason})));
-    let (result, _, _) = run_with(fx, m, |h| async move { h }).await;
-    result.unwrap();
+    Scenario::of(m).run().await.result.unwrap();
 }
 
 #[tokio::test]
 async fn a_match_pending_past_the_timeout_fails_with_the_reason() {
-    let fx = fixture(vec![], &[]);
-    let m = a_match("m1", 301, None);
-    let (result, _, _) = run_with(fx, m.clone(), |mut h| async move {
-        let body = expect(
-            &mut h,
-            Method::PATCH,
-            STATUS_PATH,
-            serde_json::to_value(&m).unwrap(),
-        )
+    let ran = Scenario::of(a_match("m1", 301, None))
+        .writes_status(|status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(
+                status["reason"],
+                "no game server of fleet tanks had room within 300s"
+            );
+            assert_eq!(status["conditions"][0]["reason"], "AllocationTimeout");
+        })
+        .run()
         .await;
-        assert_eq!(body["status"]["phase"], "Failed");
-        assert_eq!(
-            body["status"]["reason"],
-            "no game server of fleet tanks had room within 300s"
-        );
-        assert_eq!(
-            body["status"]["conditions"][0]["reason"],
-            "AllocationTimeout"
-        );
-        h
-    })
-    .await;
     assert_eq!(
-        result.unwrap(),
+        ran.result.unwrap(),
         Action::requeue(MatchSettings::default().finished_ttl)
     );
 }
 
-fn allocated(server: &str) -> Value {
-    json!({"phase": "Allocated", "gameServer": server, "sessionId": "s-m1",
-           "endpoint": {"address": "10.0.0.1", "port": 7001, "protocol": "UDP"},
-           "allocatedAt": Timestamp::now().to_string()})
+#[tokio::test]
+async fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+    // Pending with Allocated=False since long ago, then failed: Allocated is still False.
+    let since = "2020-01-01T00:00:00Z";
+    let pending = json!({"phase": "Pending", "reason": "waiting",
+        "conditions": [{"type": "Allocated", "status": "False", "reason": "NoCapacity",
+                        "message": "waiting", "lastTransitionTime": since}]});
+    Scenario::of(a_match("m1", 301, Some(pending)))
+        .writes_status(move |status| {
+            assert_eq!(status["conditions"][0]["reason"], "AllocationTimeout");
+            assert_eq!(status["conditions"][0]["lastTransitionTime"], since);
+        })
+        .run()
+        .await
+        .result
+        .unwrap();
 }
 
 #[tokio::test]
@@ -348,113 +365,71 @@ async fn a_finished_session_finishes_the_match_and_frees_the_slot() {
         finished_at: 1,
         reason: "completed".into(),
     });
-    let fx = fixture(vec![("a", "10.0.0.1", 7001, r)], &[]);
-    let m = a_match("m1", 10, Some(allocated("a")));
-    let (result, _, ctx) = run_with(fx, m.clone(), |mut h| async move {
-        let body = expect(
-            &mut h,
-            Method::PATCH,
-            STATUS_PATH,
-            serde_json::to_value(&m).unwrap(),
-        )
+    let ran = Scenario::of(a_match("m1", 10, Some(allocated("a"))))
+        .server("a", "10.0.0.1", 7001, r)
+        .writes_status(|status| {
+            assert_eq!(status["phase"], "Finished");
+            assert_eq!(status["reason"], "session ended: completed");
+            assert_eq!(status["endpoint"]["port"], 7001, "the endpoint stays");
+            assert!(status["finishedAt"].is_string());
+        })
+        .run()
         .await;
-        assert_eq!(body["status"]["phase"], "Finished");
-        assert_eq!(body["status"]["reason"], "session ended: completed");
-        assert_eq!(
-            body["status"]["endpoint"]["port"], 7001,
-            "the endpoint stays"
-        );
-        assert!(body["status"]["finishedAt"].is_string());
-        h
-    })
-    .await;
-    result.unwrap();
-    assert!(ctx.view.assignments().is_empty());
+    ran.result.unwrap();
+    assert!(ran.ctx.view.assignments().is_empty());
 }
 
 #[tokio::test]
 async fn players_in_make_it_running_and_a_live_session_is_left_alone() {
     let mut r = report(&["m1"], 2, false);
     r.matches[0].players = 2;
-    let fx = fixture(vec![("a", "10.0.0.1", 7001, r)], &[]);
-    let m = a_match("m1", 10, Some(allocated("a")));
-    let (result, _, ctx) = run_with(fx, m.clone(), |mut h| async move {
-        let body = expect(
-            &mut h,
-            Method::PATCH,
-            STATUS_PATH,
-            serde_json::to_value(&m).unwrap(),
-        )
+    let ran = Scenario::of(a_match("m1", 10, Some(allocated("a"))))
+        .server("a", "10.0.0.1", 7001, r)
+        .writes_status(|status| assert_eq!(status["phase"], "Running"))
+        .run()
         .await;
-        assert_eq!(body["status"]["phase"], "Running");
-        h
-    })
-    .await;
-    result.unwrap();
+    ran.result.unwrap();
     assert_eq!(
-        ctx.view.assignments(),
+        ran.ctx.view.assignments(),
         [("ns/m1".to_owned(), "ns/a".to_owned())]
     );
 
-    let fx = fixture(
-        vec![("a", "10.0.0.1", 7001, report(&["m1"], 2, false))],
-        &[],
-    );
-    let m = a_match("m1", 10, Some(allocated("a")));
-    let (result, _, _) = run_with(fx, m, |h| async move { h }).await;
-    result.unwrap();
+    Scenario::of(a_match("m1", 10, Some(allocated("a"))))
+        .server("a", "10.0.0.1", 7001, report(&["m1"], 2, false))
+        .run()
+        .await
+        .result
+        .unwrap();
 }
 
 #[tokio::test]
 async fn a_match_whose_server_is_gone_fails() {
-    let fx = fixture(vec![], &[]);
-    let m = a_match("m1", 10, Some(allocated("vanished")));
-    let (result, _, _) = run_with(fx, m.clone(), |mut h| async move {
-        let body = expect(
-            &mut h,
-            Method::PATCH,
-            STATUS_PATH,
-            serde_json::to_value(&m).unwrap(),
-        )
-        .await;
-        assert_eq!(body["status"]["phase"], "Failed");
-        assert_eq!(body["status"]["reason"], "game server vanished is gone");
-        h
-    })
-    .await;
-    result.unwrap();
+    Scenario::of(a_match("m1", 10, Some(allocated("vanished"))))
+        .writes_status(|status| {
+            assert_eq!(status["phase"], "Failed");
+            assert_eq!(status["reason"], "game server vanished is gone");
+        })
+        .run()
+        .await
+        .result
+        .unwrap();
 }
 
 #[tokio::test]
 async fn ended_matches_are_deleted_after_the_ttl() {
     let long_ago =
         (Timestamp::now() - k8s_openapi::jiff::SignedDuration::from_secs(301)).to_string();
-    let fx = fixture(vec![], &[]);
-    let m = a_match(
-        "m1",
-        400,
-        Some(json!({"phase": "Finished", "finishedAt": long_ago})),
-    );
-    let (result, _, _) = run_with(fx, m.clone(), |mut h| async move {
-        expect(
-            &mut h,
-            Method::DELETE,
-            "/apis/tanks.dev/v1alpha1/namespaces/ns/matches/m1",
-            serde_json::to_value(&m).unwrap(),
-        )
+    let finished = json!({"phase": "Finished", "finishedAt": long_ago});
+    let ran = Scenario::of(a_match("m1", 400, Some(finished)))
+        .deletes()
+        .run()
         .await;
-        h
-    })
-    .await;
-    assert_eq!(result.unwrap(), Action::await_change());
+    assert_eq!(ran.result.unwrap(), Action::await_change());
 
-    let recent = Timestamp::now().to_string();
-    let fx = fixture(vec![], &[]);
-    let m = a_match(
-        "m1",
-        400,
-        Some(json!({"phase": "Failed", "finishedAt": recent})),
-    );
-    let (result, _, _) = run_with(fx, m, |h| async move { h }).await;
-    result.unwrap();
+    let recent = json!({"phase": "Failed", "finishedAt": Timestamp::now().to_string()});
+    Scenario::of(a_match("m1", 400, Some(recent)))
+        .run()
+        .await
+        .result
+        .unwrap();
 }

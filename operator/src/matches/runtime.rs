@@ -15,20 +15,20 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use tracing::info;
 
-use crate::api::{GameFleet, Match, labels};
-use crate::control::{EndpointResolver, GameServerControl, HttpControl, Poller, pod_ip_resolver};
-use crate::index::LoadIndex;
+use crate::api::{GameFleet, Match, labels, namespaced_or_all};
 use crate::matches::cluster::PodLoadSource;
 use crate::matches::consumer::{self, ConsumerConfig};
 use crate::matches::metrics::MatchMetrics;
 use crate::matches::publish::AllocationPublisher;
-use crate::matches::reconcile::{self, AllocatedHook, MatchContext, MatchSettings, Rebuild};
-use crate::matches::sessions::{HttpSessions, SessionControl};
+use crate::matches::reconcile::{self, MatchContext, MatchSettings, Rebuild};
 use crate::matches::view::AllocationView;
 use crate::metrics::Metrics;
+use crate::servers::{
+    EndpointResolver, HttpServerClient, LoadIndex, Poller, ServerClient, pod_ip_resolver,
+};
 
 pub struct MatchConfig {
     /// Watch one namespace only (default: all).
@@ -43,8 +43,10 @@ pub struct MatchConfig {
     pub control_token: Option<String>,
     pub control_timeout: Duration,
     pub resolver: EndpointResolver,
-    /// Replaces the HTTP session client (unit tests).
-    pub sessions: Option<Arc<dyn SessionControl>>,
+    /// The game servers' client; none makes one from `control_token` and
+    /// `control_timeout` (the GameFleet runtime passes its own, so both controllers
+    /// share one connection pool).
+    pub server_client: Option<Arc<dyn ServerClient>>,
     /// How old a fleet's server list may get in the allocation view. Reservations are
     /// counted in the view itself, so this bounds only how late it sees a server become
     /// ready or drain and a session end; reports are up to a poll interval (2 s) old
@@ -63,8 +65,6 @@ pub struct MatchConfig {
     /// Asks the GameFleet controller to reconcile a fleet that has Matches waiting for
     /// room (it scales for them).
     pub fleet_trigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<GameFleet>>>,
-    /// Told each Match allocated (benchmarks time allocations with it).
-    pub on_allocated: Option<AllocatedHook>,
 }
 
 impl Default for MatchConfig {
@@ -78,7 +78,7 @@ impl Default for MatchConfig {
             control_token: None,
             control_timeout: Duration::from_secs(1),
             resolver: pod_ip_resolver(),
-            sessions: None,
+            server_client: None,
             view_refresh: Duration::from_millis(500),
             refusal_hold: Duration::from_secs(2),
             first_round_wait: Duration::from_secs(10),
@@ -86,12 +86,21 @@ impl Default for MatchConfig {
             metrics: Arc::default(),
             view: None,
             fleet_trigger: None,
-            on_allocated: None,
         }
     }
 }
 
 impl MatchConfig {
+    /// The configured game-server client, or a new HTTP one.
+    pub fn game_server_client(&self) -> Arc<dyn ServerClient> {
+        self.server_client.clone().unwrap_or_else(|| {
+            Arc::new(HttpServerClient::new(
+                self.control_token.clone(),
+                self.control_timeout,
+            ))
+        })
+    }
+
     /// The allocation view over these pods and loads (shared so its pending counts can
     /// feed fleet scaling).
     pub fn view_for(&self, pods: Store<Pod>, loads: Arc<LoadIndex>) -> Arc<AllocationView> {
@@ -100,17 +109,6 @@ impl MatchConfig {
             self.view_refresh,
             self.refusal_hold,
         ))
-    }
-}
-
-fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    K::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
     }
 }
 
@@ -133,7 +131,7 @@ pub async fn run(
     // Matches: one watch feeds both the cache (the view's rebuild) and the controller.
     let (match_store, match_writer) = reflector::store();
     let match_stream = watcher(
-        api::<Match>(&client, &config.namespace),
+        namespaced_or_all::<Match>(&client, config.namespace.as_deref()),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -142,7 +140,7 @@ pub async fn run(
     .applied_objects();
     let (fleet_store, fleet_writer) = reflector::store();
     let fleet_stream = watcher(
-        api::<GameFleet>(&client, &config.namespace),
+        namespaced_or_all::<GameFleet>(&client, config.namespace.as_deref()),
         watcher::Config::default(),
     )
     .default_backoff()
@@ -161,19 +159,14 @@ pub async fn run(
     let consumer_index = consumer_task.is_some().then_some(tasks.0.len());
     tasks.0.extend(consumer_task);
 
-    let sessions = config.sessions.clone().unwrap_or_else(|| {
-        Arc::new(HttpSessions::new(
-            config.control_token.clone(),
-            config.control_timeout,
-        ))
-    });
+    let server_client = config.game_server_client();
     let ctx = Arc::new(MatchContext {
         client: client.clone(),
         pods: pods.clone(),
         fleets: fleet_store,
         loads: loads.clone(),
         view: view.clone(),
-        sessions,
+        server_client,
         resolver: config.resolver.clone(),
         publisher: config
             .publish
@@ -188,7 +181,6 @@ pub async fn run(
             first_round_wait: config.first_round_wait,
         }),
         rebuilt: Default::default(),
-        on_allocated: config.on_allocated.clone(),
     });
 
     let (trigger_tx, trigger_rx) = futures::channel::mpsc::unbounded();
@@ -332,7 +324,7 @@ pub async fn run_standalone(
 ) -> anyhow::Result<()> {
     let (pod_store, pod_writer) = reflector::store();
     let pod_stream = watcher(
-        api::<Pod>(&client, &config.namespace),
+        namespaced_or_all::<Pod>(&client, config.namespace.as_deref()),
         watcher::Config::default().labels(labels::MANAGED_SELECTOR),
     )
     .default_backoff()
@@ -342,10 +334,9 @@ pub async fn run_standalone(
     tasks
         .0
         .push(tokio::spawn(pod_stream.for_each(|_| async {})));
-    let control: Arc<dyn GameServerControl> = Arc::new(HttpControl::new(
-        config.control_token.clone(),
-        config.control_timeout,
-    ));
+    let mut config = config;
+    let server_client = config.game_server_client();
+    config.server_client = Some(server_client.clone());
     // Fleet reconcile requests have no taker here.
     let (trigger, _) = futures::channel::mpsc::unbounded();
     let (cache_tx, cache_ready) = tokio::sync::watch::channel(false);
@@ -353,7 +344,7 @@ pub async fn run_standalone(
         cache_ready,
         pods: pod_store.clone(),
         loads: loads.clone(),
-        control,
+        client: server_client,
         resolver: config.resolver.clone(),
         metrics: config.metrics.clone(),
         interval: poll_interval,

@@ -14,9 +14,7 @@ use sha2::{Digest, Sha256};
 use crate::api::gamefleet::{PortKind, Scheduling};
 use crate::api::{GameFleet, labels};
 use crate::error::{Error, Result};
-
-/// The default container port of the game for `PodIp` without `ports.port`.
-pub const DEFAULT_GAME_PORT: u16 = 7777;
+use crate::servers::address::DEFAULT_GAME_PORT;
 
 /// Hash of everything that ends up in a pod: a change rolls the fleet.
 pub fn template_hash(fleet: &GameFleet) -> String {
@@ -29,13 +27,6 @@ pub fn template_hash(fleet: &GameFleet) -> String {
     });
     let digest = Sha256::digest(serde_json::to_vec(&input).unwrap_or_default());
     digest.iter().take(5).map(|b| format!("{b:02x}")).collect()
-}
-
-/// The host port a pod was given, if any.
-pub fn host_port(pod: &Pod) -> Option<u16> {
-    pod.annotations()
-        .get(labels::GAME_PORT)
-        .and_then(|p| p.parse().ok())
 }
 
 /// Builds one game-server pod. `port` is the host port for `Dynamic`.

@@ -1,11 +1,11 @@
 //! The fleet status: computed from the classified servers, written by server-side apply
 //! only when it changed.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use crate::api::conditions::condition;
 use crate::api::{GameFleet, GameFleetStatus, labels};
 use crate::domain::fleet::{Server, ServerState};
 use crate::error::Result;
@@ -41,21 +41,14 @@ pub fn compute(fleet: &GameFleet, f: &Facts) -> GameFleetStatus {
 
     let mut conditions = Vec::new();
     let mut cond = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let since = old
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map(|c| c.last_transition_time.clone())
-            .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-        conditions.push(Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
+        conditions.push(condition(
+            &old.conditions,
+            type_,
+            ok,
+            reason,
             message,
-            last_transition_time: since,
-            observed_generation: generation,
-        });
+            generation,
+        ));
     };
     let available = ready as u32 >= f.desired;
     cond(

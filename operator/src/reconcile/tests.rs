@@ -16,7 +16,9 @@ use serde_json::json;
 use tanks_core::protocol::control::LoadReport;
 
 use super::*;
-use crate::control::ControlError;
+use crate::api::labels;
+use crate::servers::ServerError;
+use tanks_core::protocol::control::{CreateSession, SessionCreated};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -28,13 +30,20 @@ struct ScriptedControl {
     sessions: Mutex<std::collections::HashMap<String, u32>>,
 }
 
-impl GameServerControl for ScriptedControl {
-    fn load<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<LoadReport, ControlError>> {
+impl ServerClient for ScriptedControl {
+    fn load<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<LoadReport, ServerError>> {
         Box::pin(async move { Ok(self.report(base, false)) })
     }
-    fn drain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<LoadReport, ControlError>> {
+    fn drain<'a>(&'a self, base: &'a str) -> BoxFuture<'a, Result<LoadReport, ServerError>> {
         self.drained.lock().unwrap().push(base.to_owned());
         Box::pin(async move { Ok(self.report(base, true)) })
+    }
+    fn create_session<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a CreateSession,
+    ) -> BoxFuture<'a, Result<SessionCreated, ServerError>> {
+        unreachable!("a fleet reconcile opens no session")
     }
 }
 
@@ -284,8 +293,8 @@ async fn a_settled_fleet_makes_no_request() {
     // Compute the status it would write and give it to the fleet first.
     let (ctx, _handle, _) = context(vec![pod.clone()]);
     report(&ctx, "only", 0);
-    let (_, _, health, _) = policies(&fleet);
-    let servers = vec![classify(
+    let health = observe::policies(&fleet).health;
+    let servers = vec![observe::classify(
         &pod,
         &pods::template_hash(&fleet),
         &health,

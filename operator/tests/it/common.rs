@@ -318,7 +318,7 @@ impl FakeServers {
         self.drains.lock().unwrap().iter().any(|p| p == pod)
     }
 
-    pub fn resolver(&self, ns: &str) -> tanks_operator::control::EndpointResolver {
+    pub fn resolver(&self, ns: &str) -> tanks_operator::servers::EndpointResolver {
         let addr = self.addr.lock().unwrap().expect("started");
         let ns = ns.to_owned();
         Arc::new(move |pod: &Pod| {

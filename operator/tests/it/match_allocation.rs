@@ -19,11 +19,11 @@ use lapin::options::BasicGetOptions;
 use tanks_core::protocol::matchmaking::{MatchAllocated, MatchRequest};
 use tanks_core::rabbit::Publisher;
 use tanks_operator::api::{Match, MatchPhase};
-use tanks_operator::index::LoadIndex;
 use tanks_operator::matches::consumer::ConsumerConfig;
-use tanks_operator::matches::fake_servers::FakeServers;
 use tanks_operator::matches::reconcile::MatchSettings;
 use tanks_operator::matches::runtime::{MatchConfig, run_standalone};
+use tanks_operator::servers::LoadIndex;
+use tanks_testkit::fake_servers::FakeServers;
 
 const SERVERS: usize = 50;
 const CAPACITY: u32 = 10;

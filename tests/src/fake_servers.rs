@@ -7,6 +7,10 @@
 //!
 //! Server `name` answers under `http://127.0.0.1:<port>/s/<name>`; [`FakeServers::resolver`]
 //! maps a pod to that base URL.
+//!
+//! It lives here rather than in the operator so the product crate carries no test
+//! doubles; it needs nothing of the operator's (the resolver is a plain closure over a
+//! pod), so this crate does not depend on it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,12 +21,15 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use tanks_core::protocol::control::{
     ControlError, CreateSession, FinishedSession, LoadReport, MatchSession, SessionCreated,
 };
 
-use crate::control::EndpointResolver;
+/// The operator's `servers::EndpointResolver`: a pod to the base URL of its control
+/// interface.
+pub type EndpointResolver = Arc<dyn Fn(&Pod) -> Option<String> + Send + Sync>;
 
 #[derive(Debug, Default, Clone)]
 struct Server {
@@ -77,7 +84,7 @@ impl FakeServers {
     /// Pods to their fake server, by pod name.
     pub fn resolver(&self) -> EndpointResolver {
         let fake = self.clone();
-        Arc::new(move |pod| Some(fake.base_url(&pod.name_any())))
+        Arc::new(move |pod: &Pod| Some(fake.base_url(&pod.name_any())))
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {

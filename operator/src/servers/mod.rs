@@ -1,0 +1,21 @@
+//! The operator's side of the game servers, in one place:
+//!
+//! - [`address`]: where a pod's control interface and game port are reached;
+//! - [`client`]: the one HTTP client of the control interface (load, drain, sessions)
+//!   and its one error type;
+//! - [`loads`]: the last load report of every server;
+//! - [`poller`]: polls every running server into [`loads`] and wakes the fleets whose
+//!   load changed.
+//!
+//! Both controllers read from here and nothing here reads from them, so `reconcile/`
+//! and `matches/` depend on this module and never on each other through it.
+
+pub mod address;
+pub mod client;
+pub mod loads;
+pub mod poller;
+
+pub use address::{EndpointResolver, pod_ip_resolver};
+pub use client::{HttpServerClient, ServerClient, ServerError};
+pub use loads::{LoadEntry, LoadIndex};
+pub use poller::Poller;
