@@ -459,3 +459,19 @@ async fn snapshots_and_move_batches_keep_their_exact_bytes() {
         )
     );
 }
+
+/// The exact bytes of a `game_over`: its keys in alphabetical order, as the server has
+/// always written them, `winner` null when there is none.
+#[tokio::test]
+async fn game_over_keeps_its_exact_bytes() {
+    let (mut m, _memory, _pump) = manager();
+    let (session, _) = joined(m.join("p1", addr(1), false, None));
+    let mut out = Outbox::default();
+    assert_eq!(m.end_all("server_shutdown", &mut out), 1);
+    assert_eq!(
+        String::from_utf8(out.get(0).1.to_vec()).unwrap(),
+        format!(
+            r#"{{"action":"game_over","reason":"server_shutdown","session_id":"{session}","winner":null}}"#
+        )
+    );
+}
