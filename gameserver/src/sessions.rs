@@ -18,7 +18,8 @@ use tanks_core::events::{self, EventPublisher};
 use tanks_core::protocol::control::{
     CreateSession, FinishedSession, LoadReport, MatchSession, SessionCreated,
 };
-use tanks_core::protocol::game::{GameEvent, MSG_NO_TANKS, SessionEvent, TankState};
+use tanks_core::protocol::game::kafka::{GameEvent, SessionEvent};
+use tanks_core::protocol::game::udp::{MSG_NO_TANKS, TankState};
 use tanks_core::token::unix_now;
 
 use crate::moves::MoveBatches;

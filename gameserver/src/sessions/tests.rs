@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tanks_core::events::{EventMetrics, EventPump, MemorySink, SinkConfig};
-use tanks_core::protocol::game::{GameUpdate, ServerMessage, parse_server_message};
+use tanks_core::protocol::game::udp::{GameUpdate, ServerMessage, parse_server_message};
 
 use super::*;
 
