@@ -63,7 +63,7 @@ pub(super) fn write_snapshot(out: &mut Outbox, session: &Session, pool: &TankPoo
     }
 }
 
-/// One tank of a `game_update`, in the field order of [`TankState`]; `prefix` is
+/// One tank of a `game_update`, in the field order of `TankState`; `prefix` is
 /// the entry up to the position.
 fn write_tank(w: &mut Vec<u8>, prefix: &[u8], tank: &Tank, ack: Option<u64>) {
     w.extend_from_slice(prefix);
