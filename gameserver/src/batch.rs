@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
-use tanks_core::protocol::game::MAX_DATAGRAM;
+use tanks_core::protocol::game::udp::MAX_DATAGRAM;
 
 use crate::outbox::Outbox;
 

@@ -16,9 +16,8 @@ use futures::stream::FuturesUnordered;
 use lapin::BasicProperties;
 use lapin::options::BasicPublishOptions;
 use tanks_core::protocol::control::CreateSession;
-use tanks_core::protocol::game::{
-    CommandAction, MatchmakingEvent, NEW_MATCH_CREATED, PlayerCommand,
-};
+use tanks_core::protocol::game::broker::{CommandAction, PlayerCommand};
+use tanks_core::protocol::matchmaking::{MatchRequest, NEW_MATCH_CREATED};
 use tanks_core::rabbit::{self, ConsumerSpec, Outcome, Publisher};
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -120,24 +119,21 @@ pub struct MatchmakingEventConsumer {
 
 impl MatchmakingEventConsumer {
     pub async fn handle(&self, body: &[u8], message_id: Option<&str>) -> Outcome {
-        let event: MatchmakingEvent = match serde_json::from_slice(body) {
+        let event: MatchRequest = match serde_json::from_slice(body) {
             Ok(e) => e,
             Err(e) => return Outcome::DeadLetter(format!("not a matchmaking event: {e}")),
         };
         if event.event_type != NEW_MATCH_CREATED {
             return Outcome::DeadLetter(format!("unknown event_type {:?}", event.event_type));
         }
+        // Idempotence needs an id: the event's key (the operator's rule), else the
+        // body's hash, since a standalone server has no one to refuse the event to.
+        let match_id = event.key(message_id).map(str::to_owned).unwrap_or_else(|| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            body.hash(&mut hasher);
+            format!("mm-{:016x}", hasher.finish())
+        });
         let details = event.match_details;
-        // Idempotence needs an id: the match's, else the message's, else the body's hash.
-        let match_id = details
-            .match_id
-            .clone()
-            .or_else(|| message_id.map(str::to_owned))
-            .unwrap_or_else(|| {
-                let mut hasher = std::collections::hash_map::DefaultHasher::new();
-                body.hash(&mut hasher);
-                format!("mm-{:016x}", hasher.finish())
-            });
         let request = CreateSession {
             match_id,
             players: details.players,
@@ -342,5 +338,55 @@ fn note_confirm(confirm: lapin::Result<lapin::Confirmation>, metrics: &Metrics) 
     match confirm {
         Ok(c) if !c.is_nack() => {}
         _ => metrics.command("publish", "broker", "unconfirmed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tanks_core::events::{EventMetrics, EventPublisher, MemorySink, SinkConfig};
+
+    use super::*;
+    use crate::rules::Rules;
+    use crate::sessions::ManagerConfig;
+
+    /// The standalone consumer keys a session by the operator's rule
+    /// (`MatchRequest::key`), and by the body's hash only when the event names no id.
+    #[tokio::test]
+    async fn matchmaking_events_key_their_sessions_by_the_shared_rule() {
+        let (events, _pump) = EventPublisher::start(
+            SinkConfig::Memory(MemorySink::new(100)),
+            EventMetrics::detached(),
+        )
+        .unwrap();
+        let manager = SessionManager::new(ManagerConfig::new("test", Rules::default()), events);
+        let consumer = MatchmakingEventConsumer {
+            manager: Arc::new(Mutex::new(manager)),
+            metrics: Metrics::new(),
+        };
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (
+                br#"{"event_type":"new_match_created","event_id":"ev","match_details":{"match_id":"m"}}"#,
+                Some("msg-1"),
+            ),
+            (
+                br#"{"event_type":"new_match_created","match_details":{"match_id":"m"}}"#,
+                Some("msg-2"),
+            ),
+            (br#"{"event_type":"new_match_created"}"#, Some("msg-3")),
+            (br#"{"event_type":"new_match_created"}"#, None),
+        ];
+        for (body, message_id) in cases {
+            assert_eq!(consumer.handle(body, *message_id).await, Outcome::Ack);
+        }
+        let report = lock(&consumer.manager).load_report();
+        let keys: Vec<&str> = report.matches.iter().map(|m| m.match_id.as_str()).collect();
+        assert_eq!(keys.len(), 4);
+        for key in ["ev", "m", "msg-3"] {
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
+        assert!(
+            keys.iter().any(|k| k.starts_with("mm-")),
+            "a hash for an event without an id: {keys:?}"
+        );
     }
 }

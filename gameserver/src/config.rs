@@ -10,7 +10,9 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use tanks_core::events::{KafkaSettings, SinkConfig};
 use tanks_core::protocol::control::DEFAULT_CONTROL_PORT;
-use tanks_core::protocol::game::{DEFAULT_METRICS_PORT, DEFAULT_TCP_PORT, DEFAULT_UDP_PORT};
+use tanks_core::protocol::game::DEFAULT_METRICS_PORT;
+use tanks_core::protocol::game::tcp::DEFAULT_TCP_PORT;
+use tanks_core::protocol::game::udp::DEFAULT_UDP_PORT;
 use tanks_core::rabbit::{MATCHMAKING_EVENTS, PLAYER_COMMANDS};
 use tanks_core::token::TokenSigner;
 

@@ -9,13 +9,13 @@
 //! the prefix while it is in cache (reading it back through a pointer after the tick
 //! cost a cache miss per tank).
 //!
-//! [`TankMovedBatch`]: tanks_core::protocol::game::TankMovedBatch
+//! [`TankMovedBatch`]: tanks_core::protocol::game::kafka::TankMovedBatch
 
 use std::io::Write;
 use std::ops::Range;
 
 use tanks_core::events::{Record, TANK_COORDINATES_HISTORY};
-use tanks_core::protocol::game::TANK_MOVED;
+use tanks_core::protocol::game::kafka::TANK_MOVED;
 
 use crate::outbox::{write_coord, write_u64};
 

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tanks_core::protocol::auth::{Request, Response};
-use tanks_core::protocol::game::{Line, MAX_LINE, PlayerCommand, TCP_UNAUTHORIZED, parse_line};
+use tanks_core::protocol::game::broker::PlayerCommand;
+use tanks_core::protocol::game::tcp::{Line, MAX_LINE, TCP_UNAUTHORIZED, parse_line};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};

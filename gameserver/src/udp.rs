@@ -17,9 +17,8 @@ use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use socket2::{Domain, Protocol, Socket, Type};
-use tanks_core::protocol::game::{
-    Datagram, MSG_LEFT, MSG_NOT_IN_GAME, PlayerCommand, Reply, parse_datagram,
-};
+use tanks_core::protocol::game::broker::PlayerCommand;
+use tanks_core::protocol::game::udp::{Datagram, MSG_LEFT, MSG_NOT_IN_GAME, Reply, parse_datagram};
 use tanks_core::token::TokenSigner;
 
 use crate::batch::Receiver;
@@ -345,7 +344,7 @@ mod tests {
     use crate::rules::Rules;
     use crate::sessions::ManagerConfig;
     use tanks_core::events::{EventMetrics, EventPublisher, MemorySink, SinkConfig};
-    use tanks_core::protocol::game::MAX_DATAGRAM;
+    use tanks_core::protocol::game::udp::MAX_DATAGRAM;
 
     #[tokio::test]
     async fn a_batch_of_mixed_datagrams_is_handled_one_by_one() {

@@ -1,14 +1,16 @@
-//! The matchmaker's side of the operator: what it publishes to `matchmaking_events`
-//! and what it reads back from `match_allocations`.
+//! The matchmaker's side: what it publishes to `matchmaking_events` and what it reads
+//! back from `match_allocations`.
 //!
-//! A [`MatchRequest`] is a superset of the seed's `{"event_type":"new_match_created",
-//! "match_details":{..}}` body (see [`super::game::MatchmakingEvent`]): it adds an
-//! `event_id` (the idempotency key; the match id, or the AMQP `message_id`, stands in when
-//! it is missing) and the `fleet` the match should run on. A seed body parses unchanged.
+//! A [`MatchRequest`] is the one type of a `matchmaking_events` body, read by the
+//! operator's consumer and by a standalone game server's. It is a superset of the
+//! seed's `{"event_type":"new_match_created","match_details":{..}}`: it adds an
+//! `event_id` (the idempotency key, see [`MatchRequest::key`]) and the `fleet` the match
+//! should run on. A seed body parses unchanged.
 
 use serde::{Deserialize, Serialize};
 
-pub use super::game::NEW_MATCH_CREATED;
+/// The `event_type` of a request for a new match, the only one there is.
+pub const NEW_MATCH_CREATED: &str = "new_match_created";
 
 /// One `matchmaking_events` message.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -47,6 +49,17 @@ impl MatchRequest {
                 ..Default::default()
             },
         }
+    }
+
+    /// The event's idempotency key: its `event_id`, else its `match_details.match_id`,
+    /// else `message_id` (the AMQP property). The first one present is the key even when
+    /// it is blank: a blank id is for the consumer to refuse, not to skip, so that every
+    /// consumer keys one event the same way. None when the event names no id at all.
+    pub fn key<'a>(&'a self, message_id: Option<&'a str>) -> Option<&'a str> {
+        self.event_id
+            .as_deref()
+            .or(self.match_details.match_id.as_deref())
+            .or(message_id)
     }
 }
 
@@ -97,6 +110,26 @@ mod tests {
         assert_eq!(r.match_details.match_id.as_deref(), Some("m1"));
         assert_eq!(r.match_details.players, ["a", "b"]);
         assert_eq!(r.match_details.fleet, None);
+    }
+
+    #[test]
+    fn the_key_is_the_event_id_else_the_match_id_else_the_message_id() {
+        let parse = |body: &str| serde_json::from_str::<MatchRequest>(body).unwrap();
+        let both = parse(
+            r#"{"event_type":"new_match_created","event_id":"ev","match_details":{"match_id":"m"}}"#,
+        );
+        assert_eq!(both.key(Some("msg")), Some("ev"));
+        let seed = parse(r#"{"event_type":"new_match_created","match_details":{"match_id":"m"}}"#);
+        assert_eq!(seed.key(Some("msg")), Some("m"));
+        let bare = parse(r#"{"event_type":"new_match_created"}"#);
+        assert_eq!(bare.key(Some("msg")), Some("msg"));
+        assert_eq!(bare.key(None), None);
+        let blank = parse(r#"{"event_type":"new_match_created","event_id":" "}"#);
+        assert_eq!(
+            blank.key(Some("msg")),
+            Some(" "),
+            "a blank id is not skipped"
+        );
     }
 
     #[test]

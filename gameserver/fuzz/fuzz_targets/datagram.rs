@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tanks_core::protocol::game::{Datagram, MAX_PLAYER_ID, parse_datagram, parse_server_message};
+use tanks_core::protocol::game::udp::{Datagram, MAX_PLAYER_ID, parse_datagram, parse_server_message};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(datagram) = parse_datagram(data) {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tanks_core::protocol::game::{Line, parse_line};
+use tanks_core::protocol::game::tcp::{Line, parse_line};
 
 fuzz_target!(|data: &[u8]| {
     match parse_line(data) {

@@ -61,13 +61,12 @@ pub fn to_match(
             request.event_type
         ));
     }
-    let details = request.match_details;
     let event_id = request
-        .event_id
-        .or_else(|| details.match_id.clone())
-        .or_else(|| message_id.map(str::to_owned))
+        .key(message_id)
         .filter(|id| !id.trim().is_empty())
+        .map(str::to_owned)
         .ok_or("no event id: set event_id, match_details.match_id or the AMQP message_id")?;
+    let details = request.match_details;
     if event_id.len() > 1024 {
         return Err("event id longer than 1024 bytes".into());
     }

@@ -1,7 +1,5 @@
-//! Game server protocol: JSON datagrams over UDP, text lines over TCP, the RabbitMQ
-//! message bodies, and the Kafka event schemas.
-//!
-//! # UDP (default port 9999), one JSON object per datagram
+//! The play protocol: JSON datagrams over UDP (default port 9999), one JSON object per
+//! datagram.
 //!
 //! | action       | fields                                             | answer                                   |
 //! |--------------|----------------------------------------------------|------------------------------------------|
@@ -19,25 +17,17 @@
 //! Parsing follows the seed's order: size, encoding, emptiness, JSON, action, fields,
 //! and answers with the seed's messages. It never allocates for a well-formed
 //! datagram whose strings have no escapes.
-//!
-//! # TCP (default port 8889), one text command per line
-//!
-//! `LOGIN user pass`, `REGISTER user pass`, `MOVE x y`, `SHOOT`, see [`parse_line`].
 
 use std::borrow::Cow;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
 pub const DEFAULT_UDP_PORT: u16 = 9999;
-pub const DEFAULT_TCP_PORT: u16 = 8889;
-pub const DEFAULT_METRICS_PORT: u16 = 8001;
 
 /// Largest datagram we parse. A seed `join_game` with a token is a few hundred bytes.
 pub const MAX_DATAGRAM: usize = 2048;
 /// Longest player id we accept (the auth server's user names are shorter).
 pub const MAX_PLAYER_ID: usize = 64;
-/// Longest TCP command line, newline excluded.
-pub const MAX_LINE: usize = 512;
 
 // The seed's exact strings; seed clients may match on them.
 pub const MSG_EMPTY_PAYLOAD: &str = "Empty JSON payload";
@@ -287,7 +277,10 @@ pub enum Reply {
     },
 }
 
-/// The per-tick snapshot a session's players receive.
+/// The per-tick snapshot a session's players receive. The game server does not
+/// serialize this type: it writes snapshots by hand on its hot path (its
+/// `sessions::wire`), and its tests check that this type reads back exactly what that
+/// writer wrote. Clients and tests decode with it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GameUpdate {
     pub action: String,
@@ -298,15 +291,20 @@ pub struct GameUpdate {
     pub tanks: Vec<TankState>,
 }
 
-/// Sent once when a session ends; `winner` is a team number when there is one.
+/// Sent once when a session ends; `winner` is a team number when there is one. The
+/// game server serializes this type, so the field order is the wire's key order
+/// (alphabetical, as the server has always written it): do not reorder.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GameOver {
     pub action: String,
-    pub session_id: String,
     pub reason: String,
+    pub session_id: String,
     #[serde(default)]
     pub winner: Option<u8>,
 }
+
+/// `game_over`'s `action`.
+pub const GAME_OVER: &str = "game_over";
 
 /// Any server-to-client datagram, for clients and tests.
 #[derive(Debug, Clone, PartialEq)]
@@ -323,307 +321,12 @@ pub fn parse_server_message(bytes: &[u8]) -> Option<ServerMessage> {
         Some("game_update") => serde_json::from_value(value)
             .ok()
             .map(ServerMessage::Update),
-        Some("game_over") => serde_json::from_value(value)
+        Some(GAME_OVER) => serde_json::from_value(value)
             .ok()
             .map(ServerMessage::GameOver),
         _ => serde_json::from_value(value).ok().map(ServerMessage::Reply),
     }
 }
-
-// ---------------------------------------------------------------------------------
-// TCP text commands.
-
-/// One TCP command line.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Line<'a> {
-    Login {
-        username: &'a str,
-        password: &'a str,
-    },
-    Register {
-        username: &'a str,
-        password: &'a str,
-    },
-    Move {
-        x: f64,
-        y: f64,
-    },
-    Shoot,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LineError {
-    Empty,
-    Unknown,
-    MissingCoordinates,
-    InvalidCoordinates,
-    /// `LOGIN` or `REGISTER` without both words.
-    MissingCredentials(&'static str),
-    TooLong,
-    InvalidUtf8,
-}
-
-impl LineError {
-    /// The reply line, without its newline.
-    pub fn reply(self) -> &'static str {
-        match self {
-            LineError::Empty => "EMPTY_COMMAND",
-            LineError::Unknown | LineError::InvalidUtf8 => "UNKNOWN_COMMAND",
-            LineError::MissingCoordinates => "MOVE_ERROR Missing coordinates",
-            LineError::InvalidCoordinates => "MOVE_ERROR Invalid coordinates",
-            LineError::MissingCredentials("REGISTER") => {
-                "REGISTER_FAILURE Usage: REGISTER <username> <password>"
-            }
-            LineError::MissingCredentials(_) => "LOGIN_FAILURE Usage: LOGIN <username> <password>",
-            LineError::TooLong => "UNKNOWN_COMMAND Line too long",
-        }
-    }
-
-    pub fn reason(self) -> &'static str {
-        match self {
-            LineError::Empty => "empty",
-            LineError::Unknown => "unknown_command",
-            LineError::MissingCoordinates => "missing_coordinates",
-            LineError::InvalidCoordinates => "invalid_coordinates",
-            LineError::MissingCredentials(_) => "missing_credentials",
-            LineError::TooLong => "too_long",
-            LineError::InvalidUtf8 => "invalid_utf8",
-        }
-    }
-}
-
-pub const TCP_UNAUTHORIZED: &str = "UNAUTHORIZED You must login first";
-
-/// Parses one line (newline stripped or not). Command words are case-insensitive.
-pub fn parse_line(bytes: &[u8]) -> Result<Line<'_>, LineError> {
-    if bytes.len() > MAX_LINE {
-        return Err(LineError::TooLong);
-    }
-    let text = std::str::from_utf8(bytes).map_err(|_| LineError::InvalidUtf8)?;
-    let mut words = text.split_ascii_whitespace();
-    let command = words.next().ok_or(LineError::Empty)?;
-    fn credentials<'a>(
-        words: &mut std::str::SplitAsciiWhitespace<'a>,
-        which: &'static str,
-    ) -> Result<(&'a str, &'a str), LineError> {
-        match (words.next(), words.next()) {
-            (Some(u), Some(p)) => Ok((u, p)),
-            _ => Err(LineError::MissingCredentials(which)),
-        }
-    }
-    if command.eq_ignore_ascii_case("LOGIN") {
-        let (username, password) = credentials(&mut words, "LOGIN")?;
-        Ok(Line::Login { username, password })
-    } else if command.eq_ignore_ascii_case("REGISTER") {
-        let (username, password) = credentials(&mut words, "REGISTER")?;
-        Ok(Line::Register { username, password })
-    } else if command.eq_ignore_ascii_case("MOVE") {
-        let (Some(x), Some(y)) = (words.next(), words.next()) else {
-            return Err(LineError::MissingCoordinates);
-        };
-        let parse = |s: &str| s.parse::<f64>().ok().filter(|v| v.is_finite());
-        match (parse(x), parse(y)) {
-            (Some(x), Some(y)) => Ok(Line::Move { x, y }),
-            _ => Err(LineError::InvalidCoordinates),
-        }
-    } else if command.eq_ignore_ascii_case("SHOOT") {
-        Ok(Line::Shoot)
-    } else {
-        Err(LineError::Unknown)
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// RabbitMQ bodies (the seed's shapes).
-
-/// A `player_commands` message: `{"player_id","command","details":{..}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PlayerCommand {
-    pub player_id: String,
-    pub command: String,
-    #[serde(default)]
-    pub details: serde_json::Value,
-}
-
-/// A command the game can apply.
-#[derive(Debug, Clone, PartialEq)]
-pub enum CommandAction {
-    Move {
-        position: [f64; 2],
-        seq: Option<u64>,
-    },
-    Shoot {
-        target: Option<String>,
-        seq: Option<u64>,
-    },
-}
-
-impl PlayerCommand {
-    pub fn moved(player_id: &str, position: [f64; 2], seq: Option<u64>) -> Self {
-        let mut details = serde_json::json!({ "new_position": position });
-        if let Some(seq) = seq {
-            details["seq"] = seq.into();
-        }
-        Self {
-            player_id: player_id.to_owned(),
-            command: "move".into(),
-            details,
-        }
-    }
-
-    pub fn shot(player_id: &str, target: Option<&str>, seq: Option<u64>) -> Self {
-        let mut details = serde_json::json!({});
-        if let Some(target) = target {
-            details["target"] = target.into();
-        }
-        if let Some(seq) = seq {
-            details["seq"] = seq.into();
-        }
-        Self {
-            player_id: player_id.to_owned(),
-            command: "shoot".into(),
-            details,
-        }
-    }
-
-    /// What to do, or why it cannot be done (the dead-letter reason).
-    pub fn action(&self) -> Result<CommandAction, String> {
-        let seq = self.details.get("seq").and_then(|s| s.as_u64());
-        match self.command.as_str() {
-            "move" => {
-                // The seed wrote `new_position`; accept `position` too.
-                let pos = self
-                    .details
-                    .get("new_position")
-                    .or_else(|| self.details.get("position"));
-                let position: [f64; 2] = pos
-                    .and_then(|p| serde_json::from_value(p.clone()).ok())
-                    .filter(|p: &[f64; 2]| p.iter().all(|v| v.is_finite()))
-                    .ok_or_else(|| "move without a valid new_position".to_owned())?;
-                Ok(CommandAction::Move { position, seq })
-            }
-            "shoot" => {
-                let target = self
-                    .details
-                    .get("target")
-                    .and_then(|t| t.as_str())
-                    .map(str::to_owned);
-                Ok(CommandAction::Shoot { target, seq })
-            }
-            other => Err(format!("unknown command {other:?}")),
-        }
-    }
-}
-
-/// A `matchmaking_events` message: `{"event_type":"new_match_created","match_details":{..}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MatchmakingEvent {
-    pub event_type: String,
-    #[serde(default)]
-    pub match_details: MatchDetails,
-}
-
-pub const NEW_MATCH_CREATED: &str = "new_match_created";
-
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct MatchDetails {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub match_id: Option<String>,
-    #[serde(default)]
-    pub players: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub map: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
-}
-
-// ---------------------------------------------------------------------------------
-// Kafka events. Every event has `event_type` and `timestamp` (seconds since the Unix
-// epoch, the seed's format) and is keyed by its session id, so one session's events
-// stay in one partition, in order.
-
-/// `player_sessions_history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event_type", rename_all = "snake_case")]
-pub enum SessionEvent<'a> {
-    SessionCreated {
-        timestamp: f64,
-        session_id: Cow<'a, str>,
-        #[serde(default)]
-        match_id: Option<Cow<'a, str>>,
-        server: Cow<'a, str>,
-    },
-    SessionRemoved {
-        timestamp: f64,
-        session_id: Cow<'a, str>,
-        #[serde(default)]
-        match_id: Option<Cow<'a, str>>,
-        reason: Cow<'a, str>,
-    },
-    PlayerJoinedSession {
-        timestamp: f64,
-        session_id: Cow<'a, str>,
-        player_id: Cow<'a, str>,
-        tank_id: Cow<'a, str>,
-    },
-    PlayerLeftSession {
-        timestamp: f64,
-        session_id: Cow<'a, str>,
-        player_id: Cow<'a, str>,
-        tank_id: Cow<'a, str>,
-        reason: Cow<'a, str>,
-    },
-}
-
-/// `game_events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event_type", rename_all = "snake_case")]
-pub enum GameEvent<'a> {
-    TankShot {
-        timestamp: f64,
-        session_id: Cow<'a, str>,
-        tank_id: Cow<'a, str>,
-        player_id: Cow<'a, str>,
-        #[serde(default)]
-        target_tank_id: Option<Cow<'a, str>>,
-        ammo: u32,
-    },
-    TankTookDamage {
-        timestamp: f64,
-        session_id: Cow<'a, str>,
-        tank_id: Cow<'a, str>,
-        damage: i32,
-        health: i32,
-        by_tank_id: Cow<'a, str>,
-    },
-    TankDestroyed {
-        timestamp: f64,
-        session_id: Cow<'a, str>,
-        tank_id: Cow<'a, str>,
-        by_tank_id: Cow<'a, str>,
-    },
-}
-
-/// `tank_coordinates_history`: one message per session per tick holding every tank
-/// that moved in that tick, rather than one message per datagram.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TankMovedBatch<'a> {
-    /// Always `tank_moved`.
-    pub event_type: Cow<'a, str>,
-    pub timestamp: f64,
-    pub session_id: Cow<'a, str>,
-    pub tick: u64,
-    pub moves: Vec<TankMove<'a>>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TankMove<'a> {
-    pub tank_id: Cow<'a, str>,
-    pub player_id: Cow<'a, str>,
-    pub position: [f64; 2],
-}
-
-pub const TANK_MOVED: &str = "tank_moved";
 
 #[cfg(test)]
 mod tests {
@@ -758,81 +461,5 @@ mod tests {
             json,
             serde_json::json!({"status":"join_failed","reason":"No tanks available"})
         );
-    }
-
-    #[test]
-    fn tcp_lines_parse_with_the_seed_replies() {
-        assert_eq!(
-            parse_line(b"LOGIN alice pw\n"),
-            Ok(Line::Login {
-                username: "alice",
-                password: "pw"
-            })
-        );
-        assert_eq!(parse_line(b"move 1 2.5"), Ok(Line::Move { x: 1.0, y: 2.5 }));
-        assert_eq!(parse_line(b"SHOOT"), Ok(Line::Shoot));
-        let cases: &[(&[u8], &str)] = &[
-            (b"", "EMPTY_COMMAND"),
-            (b"   \r\n", "EMPTY_COMMAND"),
-            (b"DANCE", "UNKNOWN_COMMAND"),
-            (b"MOVE", "MOVE_ERROR Missing coordinates"),
-            (b"MOVE 1", "MOVE_ERROR Missing coordinates"),
-            (b"MOVE a b", "MOVE_ERROR Invalid coordinates"),
-            (b"MOVE NaN 1", "MOVE_ERROR Invalid coordinates"),
-            (b"\xff", "UNKNOWN_COMMAND"),
-        ];
-        for (line, reply) in cases {
-            assert_eq!(
-                parse_line(line).unwrap_err().reply(),
-                *reply,
-                "{:?}",
-                String::from_utf8_lossy(line)
-            );
-        }
-    }
-
-    #[test]
-    fn broker_bodies_parse() {
-        let seed: PlayerCommand = serde_json::from_str(
-            r#"{"player_id":"p","command":"move","details":{"new_position":[3,4]}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            seed.action(),
-            Ok(CommandAction::Move {
-                position: [3.0, 4.0],
-                seq: None
-            })
-        );
-        assert_eq!(
-            PlayerCommand::moved("p", [1.0, 2.0], Some(3)).action(),
-            Ok(CommandAction::Move {
-                position: [1.0, 2.0],
-                seq: Some(3)
-            })
-        );
-        let bad: PlayerCommand =
-            serde_json::from_str(r#"{"player_id":"p","command":"fly"}"#).unwrap();
-        assert!(bad.action().is_err());
-        let event: MatchmakingEvent = serde_json::from_str(
-            r#"{"event_type":"new_match_created","match_details":{"match_id":"m1","players":["a","b"]}}"#,
-        )
-        .unwrap();
-        assert_eq!(event.match_details.players, ["a", "b"]);
-    }
-
-    #[test]
-    fn events_carry_type_and_timestamp() {
-        let e = GameEvent::TankDestroyed {
-            timestamp: 1.5,
-            session_id: "s".into(),
-            tank_id: "tank_1".into(),
-            by_tank_id: "tank_2".into(),
-        };
-        let json = serde_json::to_value(&e).unwrap();
-        assert_eq!(json["event_type"], "tank_destroyed");
-        assert_eq!(json["timestamp"], 1.5);
-        let back: GameEvent<'static> = serde_json::from_value(json).unwrap();
-        assert_eq!(back, e);
     }
 }
