@@ -2,6 +2,7 @@
 
 mod kafka_roundtrip;
 mod kube_crd;
+mod main_job;
 mod match_end_to_end;
 mod pod_runner;
 mod quickstart;
