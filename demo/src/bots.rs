@@ -24,6 +24,8 @@ pub struct Schedule {
     pub start: Instant,
     pub cycle: Duration,
     pub players: usize,
+    /// No player arrives after this (the end of the run, when it has one).
+    pub until: Option<Instant>,
 }
 
 const RAMP_END: f64 = 0.35;
@@ -83,7 +85,7 @@ impl Bots {
                 cycle_seen = cycle;
                 arrived = 0;
             }
-            if fraction >= HOLD_END {
+            if fraction >= HOLD_END || self.schedule.until.is_some_and(|u| Instant::now() >= u) {
                 continue;
             }
             while arrived < self.schedule.arrived(fraction) {
@@ -165,11 +167,7 @@ impl Bots {
                 break;
             }
         }
-        let _ = auth_request(
-            &self.auth_addr,
-            json!({"action": "logout", "token": token}),
-        )
-        .await;
+        let _ = auth_request(&self.auth_addr, json!({"action": "logout", "token": token})).await;
         stats.online.fetch_sub(1, Ordering::Relaxed);
     }
 
@@ -227,7 +225,7 @@ impl Bots {
                     let m = json!({"action": "move", "player_id": user, "position": position, "seq": step});
                     socket.send(m.to_string().as_bytes()).await?;
                     stats.moves.fetch_add(1, Ordering::Relaxed);
-                    if step % 5 == 0 {
+                    if step.is_multiple_of(5) {
                         let s = json!({"action": "shoot", "player_id": user, "seq": step});
                         socket.send(s.to_string().as_bytes()).await?;
                         stats.shots.fetch_add(1, Ordering::Relaxed);
@@ -240,7 +238,7 @@ impl Bots {
                     if contains(bytes, b"\"game_over\"") {
                         break true;
                     }
-                    if step % 10 == 0 && contains(bytes, b"\"game_update\"")
+                    if step.is_multiple_of(10) && contains(bytes, b"\"game_update\"")
                         && let Ok(v) = serde_json::from_slice::<Value>(bytes)
                         && let Some(me) = v["tanks"].as_array().into_iter().flatten().find(|t| t["id"] == tank.as_str())
                         && let (Some(x), Some(y)) = (me["position"][0].as_f64(), me["position"][1].as_f64())

@@ -68,7 +68,7 @@ pub async fn clear_leftovers(client: &Client, namespace: &str) -> anyhow::Result
         .list(&ListParams::default().labels(&format!("{NODE_LABEL}={namespace}")))
         .await?;
     for node in stale.items {
-        eprintln!(
+        crate::say!(
             "[demo] removing node {} left by an earlier run",
             node.name_any()
         );
@@ -78,8 +78,9 @@ pub async fn clear_leftovers(client: &Client, namespace: &str) -> anyhow::Result
     }
     let namespaces: Api<Namespace> = Api::all(client.clone());
     if namespaces.get_opt(namespace).await?.is_some() {
-        eprintln!("[demo] namespace {namespace} exists (an earlier run?): removing it first");
-        remove_fleet(client, namespace).await;
+        crate::say!("[demo] namespace {namespace} exists (an earlier run?): removing it first");
+        // No operator runs yet to finish the fleet's finalizer.
+        remove_fleet(client, namespace, Duration::ZERO).await;
         delete_namespace(client, namespace, Duration::from_secs(120)).await?;
     }
     Ok(())
@@ -202,21 +203,23 @@ pub fn fleet(plan: &Plan) -> anyhow::Result<GameFleet> {
 }
 
 /// Deletes the fleet while the operator still runs its finalizer; strips the finalizer
-/// when that does not finish in 30 s.
-pub async fn remove_fleet(client: &Client, namespace: &str) {
+/// when that does not finish within `wait`.
+pub async fn remove_fleet(client: &Client, namespace: &str, wait: Duration) {
     let fleets: Api<GameFleet> = Api::namespaced(client.clone(), namespace);
     if !matches!(fleets.get_opt(FLEET).await, Ok(Some(_))) {
         return;
     }
     let _ = fleets.delete(FLEET, &DeleteParams::default()).await;
-    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+    let gone = tokio::time::timeout(wait, async {
         while fleets.get_opt(FLEET).await.ok().flatten().is_some() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     })
     .await;
     if gone.is_err() {
-        eprintln!("[demo] the fleet's finalizer did not finish within 30 s; removing it");
+        if !wait.is_zero() {
+            crate::say!("[demo] the fleet's finalizer did not finish within {wait:?}; removing it");
+        }
         let _ = fleets
             .patch(
                 FLEET,
@@ -290,8 +293,14 @@ impl ChildProcess {
                 nix::sys::signal::Signal::SIGTERM,
             );
         }
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
-            eprintln!("[demo] {} did not stop within {grace:?}: killing it", self.name);
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
+            crate::say!(
+                "[demo] {} did not stop within {grace:?}: killing it",
+                self.name
+            );
             let _ = self.child.kill().await;
         }
     }

@@ -14,6 +14,27 @@
 //! `hack/run` starts the services it needs, builds, and runs this.
 #![forbid(unsafe_code)]
 
+/// `eprintln!` that ignores a closed stderr.
+#[macro_export]
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `println!` that ignores a closed stdout (e.g. `hack/run | tee log`, where Ctrl-C
+/// ends `tee` first): the demo must still print what it can and clean up.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, $($arg)*);
+        let _ = stdout.flush();
+    }};
+}
+
 mod bots;
 mod cluster;
 mod matchmaker;
@@ -75,7 +96,11 @@ struct Args {
     namespace: String,
     #[arg(long, env = "TANKS_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
-    #[arg(long, env = "TANKS_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "TANKS_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     amqp_url: String,
     /// Where the `operator`, `authserver` and `gameserver` binaries are (default: beside
     /// this one).
@@ -92,7 +117,10 @@ struct Running {
     plan: Option<Plan>,
     namespace_created: bool,
     nodes_created: bool,
-    runner: Option<(watch::Sender<bool>, tokio::task::JoinHandle<anyhow::Result<()>>)>,
+    runner: Option<(
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
     auth: Option<ChildProcess>,
     operator: Option<ChildProcess>,
     queues: Vec<String>,
@@ -130,7 +158,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        eprintln!("\n[demo] stopping (Ctrl-C)…");
+        say!("\n[demo] stopping (Ctrl-C)…");
         let _ = interrupt_tx.send(true);
     });
 
@@ -161,9 +189,9 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         _ = cancel_setup => Ok(()),
     };
     if let Err(e) = &outcome {
-        eprintln!("[demo] FAILED: {e:#}");
+        say!("[demo] FAILED: {e:#}");
         if let Some(plan) = &running.plan {
-            eprintln!("[demo] logs: {}", plan.run_dir.display());
+            say!("[demo] logs: {}", plan.run_dir.display());
         }
     }
     teardown(running).await;
@@ -299,9 +327,12 @@ async fn run(
         "auth server: {auth_addr} (embedded store; metrics http://{auth_metrics}/metrics)"
     ));
 
-    let publisher = Publisher::connect(&args.amqp_url)
-        .await
-        .map_err(|e| anyhow::anyhow!("RabbitMQ ({}): {e}", tanks_core::rabbit::redact(&args.amqp_url)))?;
+    let publisher = Publisher::connect(&args.amqp_url).await.map_err(|e| {
+        anyhow::anyhow!(
+            "RabbitMQ ({}): {e}",
+            tanks_core::rabbit::redact(&args.amqp_url)
+        )
+    })?;
     let events_queue = format!("{ns}.matchmaking_events");
     let allocations_queue = format!("{ns}.match_allocations");
     for q in [&events_queue, &allocations_queue] {
@@ -485,6 +516,7 @@ async fn run(
             start: started,
             cycle,
             players: args.players,
+            until: args.duration.map(|d| started + Duration::from_secs(d)),
         },
         tickets: tickets_tx,
         stats: stats.clone(),
@@ -501,15 +533,17 @@ async fn run(
             _ = every.tick() => {}
             _ = interrupted.wait_for(|s| *s) => break,
         }
-        println!("{}", stats.line(started.elapsed()));
-        let _ = std::io::stdout().flush();
+        out!("{}", stats.line(started.elapsed()));
         if end.is_some_and(|e| Instant::now() >= e) {
             break;
         }
         if let Some(op) = running.operator.as_mut()
             && let Some(status) = op.exited()
         {
-            anyhow::bail!("the operator exited ({status}); see {}", run_dir.join("operator.log").display());
+            anyhow::bail!(
+                "the operator exited ({status}); see {}",
+                run_dir.join("operator.log").display()
+            );
         }
     }
     let elapsed = started.elapsed();
@@ -518,15 +552,14 @@ async fn run(
     let _ = matchmaking.await;
     watchers.abort_all();
     let (json, table) = stats.summary(elapsed, args.players);
-    println!();
-    println!(
+    out!("");
+    out!(
         "== summary: {} s, {} players a wave, namespace {ns} ==",
         elapsed.as_secs(),
         args.players
     );
-    print!("{table}");
-    println!("summary-json: {json}");
-    let _ = std::io::stdout().flush();
+    out!("{}", table.trim_end());
+    out!("summary-json: {json}");
     Ok(())
 }
 
@@ -549,7 +582,7 @@ async fn teardown(running: Running) {
     {
         // The fleet first, while the operator runs its finalizer and the runner stops
         // the pods it deletes.
-        cluster::remove_fleet(client, &plan.namespace).await;
+        cluster::remove_fleet(client, &plan.namespace, Duration::from_secs(30)).await;
         let pods: Api<Pod> = Api::namespaced(client.clone(), &plan.namespace);
         let _ = cluster::wait_until("the fleet's pods gone", Duration::from_secs(20), || async {
             match pods.list(&ListParams::default()).await {
@@ -616,7 +649,7 @@ async fn teardown(running: Running) {
 }
 
 fn say(line: &str) {
-    eprintln!("[demo] {line}");
+    say!("[demo] {line}");
 }
 
 fn short(ns: &str) -> String {

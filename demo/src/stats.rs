@@ -82,7 +82,7 @@ impl Stats {
         *n += 1;
         // The first few of each kind, in full; the rest only counted.
         if *n <= 3 {
-            eprintln!("[demo] {kind}: {detail}");
+            crate::say!("[demo] {kind}: {detail}");
         }
     }
 
@@ -123,10 +123,7 @@ impl Stats {
                 };
                 inner.alloc_latencies.push(now - start);
             }
-            let ran = m
-                .status
-                .as_ref()
-                .is_some_and(|s| s.running_at.is_some());
+            let ran = m.status.as_ref().is_some_and(|s| s.running_at.is_some());
             if phase == MatchPhase::Running || ran {
                 inner.played.insert(name.clone());
             }
@@ -165,7 +162,11 @@ impl Stats {
             track.peak_desired = sample.desired;
             track.min_after_peak = Some(sample.desired);
         }
-        track.min_after_peak = Some(track.min_after_peak.map_or(sample.desired, |m| m.min(sample.desired)));
+        track.min_after_peak = Some(
+            track
+                .min_after_peak
+                .map_or(sample.desired, |m| m.min(sample.desired)),
+        );
         track.peak_ready = track.peak_ready.max(sample.ready);
         track.peak_allocated = track.peak_allocated.max(sample.allocated);
         track.last = Some(sample);
@@ -391,7 +392,8 @@ fn percentiles(samples: &[Duration]) -> (Option<Duration>, Option<Duration>) {
     }
     let mut sorted = samples.to_vec();
     sorted.sort();
-    let at = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    let at =
+        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
     (Some(at(0.5)), Some(at(0.99)))
 }
 

@@ -143,7 +143,12 @@ async fn hack_run_plays_matches_and_the_fleet_scales_up_and_back_down() {
         .find_map(|l| l.strip_prefix("summary-json: "))
         .map(|j| serde_json::from_str(j).expect("summary JSON"))
         .unwrap_or_else(|| panic!("no summary in the output:\n{}\n{stderr}", lines.join("\n")));
-    let n = |path: &str| summary.pointer(path).and_then(Value::as_f64).unwrap_or(-1.0);
+    let n = |path: &str| {
+        summary
+            .pointer(path)
+            .and_then(Value::as_f64)
+            .unwrap_or(-1.0)
+    };
     assert!(
         n("/players_stats/logins") >= PLAYERS as f64,
         "every bot logged in: {summary}"
