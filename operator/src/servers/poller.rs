@@ -14,20 +14,22 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::GameFleet;
-use crate::api::labels;
 use crate::metrics::Metrics;
 use crate::servers::address::EndpointResolver;
 use crate::servers::client::ServerClient;
 use crate::servers::loads::LoadIndex;
+use crate::servers::ownership;
 
 /// Polls every running fleet pod once per `interval` and asks for a reconcile of a fleet
 /// whose servers' load changed in a way its decisions depend on.
 pub struct Poller {
     pub pods: Store<Pod>,
+    /// The fleets: only pods one of them controls (by uid) are polled, so the control
+    /// token goes to no other pod, whatever its labels.
+    pub fleets: Store<GameFleet>,
     pub cache_ready: tokio::sync::watch::Receiver<bool>,
     pub loads: Arc<LoadIndex>,
     pub client: Arc<dyn ServerClient>,
@@ -67,7 +69,7 @@ impl Poller {
                 if !running || pod.metadata.deletion_timestamp.is_some() {
                     return None;
                 }
-                let fleet = pod.labels().get(labels::FLEET)?.clone();
+                let fleet = ownership::owning_fleet(pod, &self.fleets)?;
                 let base = (self.resolver)(pod)?;
                 Some((key, fleet, base))
             })
