@@ -3,6 +3,7 @@
 mod images;
 mod kafka_roundtrip;
 mod kube_crd;
+mod manifests;
 mod match_end_to_end;
 mod pod_runner;
 mod quickstart;
