@@ -36,9 +36,8 @@ pub fn owned_by(pod: &Pod, fleet: &GameFleet) -> bool {
         return false;
     };
     pod.namespace() == fleet.namespace()
-        && controlling_fleet(pod).is_some_and(|(name, owner_uid)| {
-            name == fleet.name_any() && owner_uid == uid.as_str()
-        })
+        && controlling_fleet(pod)
+            .is_some_and(|(name, owner_uid)| name == fleet.name_any() && owner_uid == uid.as_str())
 }
 
 /// The fleet in `fleets` that controls `pod`, if any: the pods the operator may talk to.
@@ -86,19 +85,31 @@ mod tests {
     fn only_pods_the_fleet_controls_are_talked_to() {
         let f = fleet("u1");
         let label = json!({labels::FLEET: "arena"});
-        let ours = pod(label.clone(), json!([owner("GameFleet", "arena", "u1", true)]));
+        let ours = pod(
+            label.clone(),
+            json!([owner("GameFleet", "arena", "u1", true)]),
+        );
         assert!(owned_by(&ours, &f));
 
         // The fleet label alone: anyone's pod.
         assert!(!owned_by(&pod(label.clone(), json!([])), &f));
         // A deleted namesake's pod, or a forged owner with another uid.
-        let other = pod(label.clone(), json!([owner("GameFleet", "arena", "u0", true)]));
+        let other = pod(
+            label.clone(),
+            json!([owner("GameFleet", "arena", "u0", true)]),
+        );
         assert!(!owned_by(&other, &f));
         // The right uid, but not as the controller.
-        let not_ctl = pod(label.clone(), json!([owner("GameFleet", "arena", "u1", false)]));
+        let not_ctl = pod(
+            label.clone(),
+            json!([owner("GameFleet", "arena", "u1", false)]),
+        );
         assert!(!owned_by(&not_ctl, &f));
         // Another kind that happens to carry the uid.
-        let kind = pod(label.clone(), json!([owner("ReplicaSet", "arena", "u1", true)]));
+        let kind = pod(
+            label.clone(),
+            json!([owner("ReplicaSet", "arena", "u1", true)]),
+        );
         assert!(!owned_by(&kind, &f));
         // A label naming another fleet than the owner.
         let relabelled = pod(
@@ -117,9 +128,15 @@ mod tests {
         let (store, mut writer) = reflector::store();
         writer.apply_watcher_event(&Event::Apply(fleet("u1")));
         let label = json!({labels::FLEET: "arena"});
-        let ours = pod(label.clone(), json!([owner("GameFleet", "arena", "u1", true)]));
+        let ours = pod(
+            label.clone(),
+            json!([owner("GameFleet", "arena", "u1", true)]),
+        );
         assert_eq!(owning_fleet(&ours, &store).as_deref(), Some("arena"));
-        let stale = pod(label.clone(), json!([owner("GameFleet", "arena", "u0", true)]));
+        let stale = pod(
+            label.clone(),
+            json!([owner("GameFleet", "arena", "u0", true)]),
+        );
         assert_eq!(owning_fleet(&stale, &store), None);
         assert_eq!(owning_fleet(&pod(label, json!([])), &store), None);
     }

@@ -95,7 +95,10 @@ fn kustomize_builds_the_product_and_its_overlays() {
         "Secret",
         "GameFleet",
     ] {
-        assert!(kinds.contains(&kind), "no {kind} in `kubectl kustomize manifests/`");
+        assert!(
+            kinds.contains(&kind),
+            "no {kind} in `kubectl kustomize manifests/`"
+        );
     }
     // Namespaced RBAC by default: no cluster-wide grant to the operator.
     assert!(!kinds.contains(&"ClusterRole") && !kinds.contains(&"ClusterRoleBinding"));
@@ -109,7 +112,10 @@ fn kustomize_builds_the_product_and_its_overlays() {
     for entry in std::fs::read_dir(repo().join("crds")).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
         if name.ends_with(".yaml") && name != "kustomization.yaml" {
-            assert!(list.contains(&format!("- {name}")), "crds/{name} not in crds/kustomization.yaml");
+            assert!(
+                list.contains(&format!("- {name}")),
+                "crds/{name} not in crds/kustomization.yaml"
+            );
         }
     }
 
