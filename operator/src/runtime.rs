@@ -221,7 +221,7 @@ pub async fn run(
         .with_config(ControllerConfig::default().concurrency(config.controller_concurrency));
     let poller = Poller {
         pods: pod_store.clone(),
-        fleets: controller.store(),
+        fleets: Some(controller.store()),
         cache_ready,
         loads: config.loads.clone(),
         client: server_client,

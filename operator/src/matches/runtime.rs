@@ -314,7 +314,9 @@ async fn follow_reports(
     }
 }
 
-/// [`run`] with its own pod cache and load poller (no GameFleet controller).
+/// [`run`] with its own pod cache and load poller (no GameFleet controller). That poller
+/// trusts the fleet label, as there is no GameFleet to check a pod's owner against: for
+/// tests and benchmarks, whose pods no fleet owns; the operator binary never runs it.
 pub async fn run_standalone(
     client: Client,
     config: MatchConfig,
@@ -340,20 +342,11 @@ pub async fn run_standalone(
     // Fleet reconcile requests have no taker here.
     let (trigger, _) = futures::channel::mpsc::unbounded();
     let (cache_tx, cache_ready) = tokio::sync::watch::channel(false);
-    let (fleet_store, fleet_writer) = reflector::store();
-    let fleet_stream = watcher(
-        namespaced_or_all::<GameFleet>(&client, config.namespace.as_deref()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(fleet_writer);
-    tasks
-        .0
-        .push(tokio::spawn(fleet_stream.for_each(|_| async {})));
     let poller = Poller {
         cache_ready,
         pods: pod_store.clone(),
-        fleets: fleet_store.clone(),
+        // Test and benchmark pods that no fleet owns: polled by their label.
+        fleets: None,
         loads: loads.clone(),
         client: server_client,
         resolver: config.resolver.clone(),
@@ -364,7 +357,6 @@ pub async fn run_standalone(
     };
     // Nothing else waits on this store yet (see `store_ready`).
     store_ready(&pod_store).await;
-    store_ready(&fleet_store).await;
     let _ = cache_tx.send(true);
     tasks.0.push(tokio::spawn(poller.run()));
     run(client, config, pod_store, loads, shutdown).await

@@ -14,9 +14,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::api::GameFleet;
+use crate::api::labels;
 use crate::metrics::Metrics;
 use crate::servers::address::EndpointResolver;
 use crate::servers::client::ServerClient;
@@ -28,8 +30,10 @@ use crate::servers::ownership;
 pub struct Poller {
     pub pods: Store<Pod>,
     /// The fleets: only pods one of them controls (by uid) are polled, so the control
-    /// token goes to no other pod, whatever its labels.
-    pub fleets: Store<GameFleet>,
+    /// token goes to no other pod, whatever its labels. `None` only in
+    /// `matches::runtime::run_standalone`, the harness of tests and benchmarks whose
+    /// pods no fleet owns: there the fleet label is trusted.
+    pub fleets: Option<Store<GameFleet>>,
     pub cache_ready: tokio::sync::watch::Receiver<bool>,
     pub loads: Arc<LoadIndex>,
     pub client: Arc<dyn ServerClient>,
@@ -69,7 +73,10 @@ impl Poller {
                 if !running || pod.metadata.deletion_timestamp.is_some() {
                     return None;
                 }
-                let fleet = ownership::owning_fleet(pod, &self.fleets)?;
+                let fleet = match &self.fleets {
+                    Some(fleets) => ownership::owning_fleet(pod, fleets)?,
+                    None => pod.labels().get(labels::FLEET)?.clone(),
+                };
                 let base = (self.resolver)(pod)?;
                 Some((key, fleet, base))
             })
