@@ -257,7 +257,7 @@ async fn the_api_server_accepts_everything_and_rbac_is_narrow() {
         &["delete", "gamefleets.tanks.dev", "-n", &ns],
         &["update", "pods", "-n", &ns],
         &["create", "roles.rbac.authorization.k8s.io", "-n", &ns],
-        &["create", "pods/exec", "-n", &ns],
+        &["create", "pods", "--subresource=exec", "-n", &ns],
     ];
     for args in denied {
         assert!(!can(args), "the operator must be denied: {args:?}");
