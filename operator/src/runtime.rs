@@ -214,8 +214,14 @@ pub async fn run(
         ctx.pending_matches = Some(view);
     }
     let ctx = Arc::new(ctx);
+    // Built (not run) first: its fleet store tells the poller which pods are ours.
+    let controller = Controller::new(fleets, watcher::Config::default())
+        .owns_stream(pod_stream)
+        .reconcile_on(trigger_rx)
+        .with_config(ControllerConfig::default().concurrency(config.controller_concurrency));
     let poller = Poller {
         pods: pod_store.clone(),
+        fleets: Some(controller.store()),
         cache_ready,
         loads: config.loads.clone(),
         client: server_client,
@@ -245,10 +251,7 @@ pub async fn run(
         })
     });
 
-    let controller = Controller::new(fleets, watcher::Config::default())
-        .owns_stream(pod_stream)
-        .reconcile_on(trigger_rx)
-        .with_config(ControllerConfig::default().concurrency(config.controller_concurrency))
+    let controller = controller
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|r| async move {

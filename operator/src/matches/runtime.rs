@@ -314,7 +314,9 @@ async fn follow_reports(
     }
 }
 
-/// [`run`] with its own pod cache and load poller (no GameFleet controller).
+/// [`run`] with its own pod cache and load poller (no GameFleet controller). That poller
+/// trusts the fleet label, as there is no GameFleet to check a pod's owner against: for
+/// tests and benchmarks, whose pods no fleet owns; the operator binary never runs it.
 pub async fn run_standalone(
     client: Client,
     config: MatchConfig,
@@ -343,6 +345,8 @@ pub async fn run_standalone(
     let poller = Poller {
         cache_ready,
         pods: pod_store.clone(),
+        // Test and benchmark pods that no fleet owns: polled by their label.
+        fleets: None,
         loads: loads.clone(),
         client: server_client,
         resolver: config.resolver.clone(),

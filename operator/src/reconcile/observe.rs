@@ -18,7 +18,7 @@ use crate::domain::fleet::{
     self, CountOrPercent, HealthPolicy, Observation, Placement, RolloutPolicy, Server,
 };
 use crate::domain::scaling::{Buffer, ScalingPolicy};
-use crate::servers::LoadIndex;
+use crate::servers::{LoadIndex, ownership};
 
 /// A fleet's pods and what the decision reads of them.
 pub struct Observed {
@@ -62,23 +62,15 @@ pub fn fleet_key(fleet: &GameFleet) -> String {
     )
 }
 
-/// The fleet's pods: from the cache, owned by this very fleet (not a deleted namesake),
+/// The fleet's pods: from the cache, controlled by this very fleet (its uid, not a
+/// deleted namesake's, nor just the fleet label),
 /// with this operator's own recent creations and deletions laid over.
 pub fn fleet_pods(fleet: &GameFleet, ctx: &Context) -> Vec<Arc<Pod>> {
-    let ns = fleet.namespace();
-    let name = fleet.name_any();
-    let uid = fleet.uid();
     let cached: Vec<Arc<Pod>> = ctx
         .pods
         .state()
         .iter()
-        .filter(|p| {
-            p.namespace() == ns
-                && p.labels().get(labels::FLEET) == Some(&name)
-                && p.owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == uid.as_ref())
-        })
+        .filter(|p| ownership::owned_by(p, fleet))
         .cloned()
         .collect();
     ctx.expectations.overlay(&fleet_key(fleet), cached)

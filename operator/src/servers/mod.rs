@@ -4,6 +4,7 @@
 //! - [`client`]: the one HTTP client of the control interface (load, drain, sessions)
 //!   and its one error type;
 //! - [`loads`]: the last load report of every server;
+//! - [`ownership`]: which pods the operator talks to (those a fleet it owns controls);
 //! - [`poller`]: polls every running server into [`loads`] and wakes the fleets whose
 //!   load changed.
 //!
@@ -13,6 +14,7 @@
 pub mod address;
 pub mod client;
 pub mod loads;
+pub mod ownership;
 pub mod poller;
 
 pub use address::{EndpointResolver, pod_ip_resolver};

@@ -23,11 +23,17 @@ use crate::metrics::Metrics;
 use crate::servers::address::EndpointResolver;
 use crate::servers::client::ServerClient;
 use crate::servers::loads::LoadIndex;
+use crate::servers::ownership;
 
 /// Polls every running fleet pod once per `interval` and asks for a reconcile of a fleet
 /// whose servers' load changed in a way its decisions depend on.
 pub struct Poller {
     pub pods: Store<Pod>,
+    /// The fleets: only pods one of them controls (by uid) are polled, so the control
+    /// token goes to no other pod, whatever its labels. `None` only in
+    /// `matches::runtime::run_standalone`, the harness of tests and benchmarks whose
+    /// pods no fleet owns: there the fleet label is trusted.
+    pub fleets: Option<Store<GameFleet>>,
     pub cache_ready: tokio::sync::watch::Receiver<bool>,
     pub loads: Arc<LoadIndex>,
     pub client: Arc<dyn ServerClient>,
@@ -67,7 +73,10 @@ impl Poller {
                 if !running || pod.metadata.deletion_timestamp.is_some() {
                     return None;
                 }
-                let fleet = pod.labels().get(labels::FLEET)?.clone();
+                let fleet = match &self.fleets {
+                    Some(fleets) => ownership::owning_fleet(pod, fleets)?,
+                    None => pod.labels().get(labels::FLEET)?.clone(),
+                };
                 let base = (self.resolver)(pod)?;
                 Some((key, fleet, base))
             })

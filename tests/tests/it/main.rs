@@ -4,6 +4,7 @@ mod images;
 mod kafka_roundtrip;
 mod kube_crd;
 mod main_job;
+mod manifests;
 mod match_end_to_end;
 mod pod_runner;
 mod quickstart;
