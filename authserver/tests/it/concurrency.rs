@@ -44,6 +44,8 @@ async fn five_thousand_concurrent_connections() {
     );
     let mut cfg = config();
     cfg.max_connections = CLIENTS + 100;
+    // Every client here comes from 127.0.0.1.
+    cfg.max_connections_per_source = CLIENTS + 100;
     let server = Arc::new(start(cfg).await);
     let name = username("crowd");
     assert!(once(&server, &register(&name, PASSWORD)).await.is_success());
