@@ -434,7 +434,10 @@ mod tests {
     async fn address_attempts_block_every_user() {
         let limiter = RateLimiter::memory(limits());
         for i in 0..5 {
-            let gate = limiter.login_attempt(&format!("user{i}"), IP).await.unwrap();
+            let gate = limiter
+                .login_attempt(&format!("user{i}"), IP)
+                .await
+                .unwrap();
             assert_eq!(gate, LoginGate::Allowed);
         }
         assert_eq!(
@@ -511,7 +514,10 @@ mod tests {
         assert!(v6("2001:db8::2").is_none());
         assert!(v6("2001:db8:0:1::1").is_some());
         drop(a);
-        assert!(caps.try_open(IP).is_some(), "a closed connection frees its slot");
+        assert!(
+            caps.try_open(IP).is_some(),
+            "a closed connection frees its slot"
+        );
         assert!(caps.open.lock().unwrap().len() <= 4);
     }
 

@@ -18,8 +18,8 @@ use tanks_core::token::TokenSigner;
 
 use crate::rate_limit::RateLimit;
 use crate::rules::Rules;
-use crate::tcp::TcpLimits;
 use crate::sessions::ManagerConfig;
+use crate::tcp::TcpLimits;
 
 /// Used when no control secret is configured, so a fresh checkout runs; never in production.
 pub const DEVELOPMENT_CONTROL_SECRET: &str = "tanks-development-control-secret";

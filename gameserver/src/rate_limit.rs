@@ -218,6 +218,9 @@ mod tests {
         assert!(rl.allow(addr(4), t1));
         assert!(!rl.allow(addr(1), t1), "source 1 kept its empty bucket");
         assert!(!rl.allow(addr(3), t1), "source 3 kept its empty bucket");
-        assert!(rl.allow(addr(2), t1), "source 2 was dropped and starts afresh");
+        assert!(
+            rl.allow(addr(2), t1),
+            "source 2 was dropped and starts afresh"
+        );
     }
 }

@@ -372,12 +372,21 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         let a = caps.try_open(ip("10.0.0.1")).unwrap();
         let _b = caps.try_open(ip("::ffff:10.0.0.1")).unwrap();
-        assert!(caps.try_open(ip("10.0.0.1")).is_none(), "mapped IPv4 is the same");
+        assert!(
+            caps.try_open(ip("10.0.0.1")).is_none(),
+            "mapped IPv4 is the same"
+        );
         assert!(caps.try_open(ip("10.0.0.2")).is_some());
         let _c = caps.try_open(ip("2001:db8::1")).unwrap();
         let _d = caps.try_open(ip("2001:db8::2:1")).unwrap();
-        assert!(caps.try_open(ip("2001:db8::3")).is_none(), "one /64 is one source");
+        assert!(
+            caps.try_open(ip("2001:db8::3")).is_none(),
+            "one /64 is one source"
+        );
         drop(a);
-        assert!(caps.try_open(ip("10.0.0.1")).is_some(), "a slot frees on close");
+        assert!(
+            caps.try_open(ip("10.0.0.1")).is_some(),
+            "a slot frees on close"
+        );
     }
 }

@@ -50,7 +50,11 @@ async fn guess_at_once(servers: &[&Server], name: impl Fn(usize) -> String) -> V
         tasks.push(tokio::spawn(async move {
             let mut client = BufReader::new(TcpStream::connect(addr).await.unwrap());
             start.wait().await;
-            client.get_mut().write_all(request.as_bytes()).await.unwrap();
+            client
+                .get_mut()
+                .write_all(request.as_bytes())
+                .await
+                .unwrap();
             let mut line = String::new();
             tokio::time::timeout(Duration::from_secs(60), client.read_line(&mut line))
                 .await
@@ -80,7 +84,10 @@ fn assert_bounded(reasons: &[String], spent: u64, limit: u32) {
         spent <= u64::from(limit),
         "{GUESSES} concurrent guesses cost {spent} password verifications, limit {limit}"
     );
-    assert_eq!(wrong as u64, spent, "each checked guess is one verification");
+    assert_eq!(
+        wrong as u64, spent,
+        "each checked guess is one verification"
+    );
     assert!(spent >= 1, "the first guesses are checked");
 }
 
