@@ -97,6 +97,13 @@ pub struct Config {
     #[arg(long, env = "AUTH_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
 
+    /// Most connections open at once from one client address (IPv6: one /64), so one
+    /// client cannot hold every slot of --max-connections; more are answered with an
+    /// error and closed. Game servers log players in through this port from their own
+    /// address, so leave room for their login bursts.
+    #[arg(long, env = "AUTH_MAX_CONNECTIONS_PER_SOURCE", default_value_t = 256)]
+    pub max_connections_per_source: usize,
+
     /// Seconds a connection may sit between requests before it is closed.
     #[arg(long, env = "AUTH_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub idle_timeout_secs: u64,

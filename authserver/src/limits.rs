@@ -1,9 +1,17 @@
 //! Brute-force and flood limits: fixed-window counters of failed logins per username
 //! and per client address, and of registrations per address.
 //!
-//! With Redis the counters are shared by every replica (`INCR` plus an expiry on the
-//! window's first hit, in one script so a crash between them cannot leave a counter
-//! that never expires). Without Redis they live in bounded maps in this process.
+//! A login attempt is counted *before* its password is hashed, in one atomic step that
+//! checks both limits and takes a slot from each ([`RateLimiter::login_attempt`]).
+//! Checking first and counting after the hash would let every concurrent guess pass
+//! the check while the others are still hashing: 64 guesses at once would cost 64
+//! Argon2 verifications however low the limit. A successful login hands its slot back,
+//! so the counters still count failures.
+//!
+//! With Redis the counters are shared by every replica (a Lua script, which Redis runs
+//! atomically: the check, the `INCR`s and the expiry on the window's first hit, so
+//! neither two replicas nor a crash between commands can break the count). Without
+//! Redis they live in bounded maps in this process, both taken under their locks.
 //!
 //! Counting failures per username whether or not the user exists keeps the limit
 //! from revealing which accounts exist.
@@ -45,12 +53,13 @@ impl Bucket {
     }
 }
 
-/// What [`RateLimiter::login_gate`] found.
+/// What [`RateLimiter::login_attempt`] decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoginGate {
-    pub blocked: bool,
-    /// Failures already counted for the username, so a success knows whether to reset.
-    pub user_failures: u32,
+pub enum LoginGate {
+    /// Counted against the username and the address; the password may be checked.
+    Allowed,
+    /// A limit is reached: refuse without hashing. Nothing was counted.
+    Blocked,
 }
 
 #[derive(Clone)]
@@ -66,6 +75,8 @@ enum Backend {
         conn: ConnectionManager,
         prefix: String,
         script: Arc<redis::Script>,
+        reserve: Arc<redis::Script>,
+        refund: Arc<redis::Script>,
     },
 }
 
@@ -78,6 +89,29 @@ for i, key in ipairs(KEYS) do
   counts[i] = n
 end
 return counts
+";
+
+/// Takes one slot from each key (KEYS) if none is at its limit (ARGV[2..]); the window
+/// (ARGV[1], ms) starts on a key's first hit. Returns 1 if taken, 0 if refused. Refused
+/// attempts are not counted: the counters stay at the limit rather than climb.
+const RESERVE_SCRIPT: &str = r"
+for i, key in ipairs(KEYS) do
+  if tonumber(redis.call('GET', key) or '0') >= tonumber(ARGV[i + 1]) then
+    return 0
+  end
+end
+for _, key in ipairs(KEYS) do
+  if redis.call('INCR', key) == 1 then redis.call('PEXPIRE', key, ARGV[1]) end
+end
+return 1
+";
+
+/// After a correct password: clears the username's counter (KEYS[1]) and gives back
+/// the address's slot (KEYS[2]) this attempt took, keeping its expiry.
+const REFUND_SCRIPT: &str = r"
+redis.call('DEL', KEYS[1])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > 0 then redis.call('DECR', KEYS[2]) end
+return 1
 ";
 
 impl RateLimiter {
@@ -101,55 +135,91 @@ impl RateLimiter {
             conn,
             prefix: format!("{prefix}rl:"),
             script: Arc::new(redis::Script::new(INCR_SCRIPT)),
+            reserve: Arc::new(redis::Script::new(RESERVE_SCRIPT)),
+            refund: Arc::new(redis::Script::new(REFUND_SCRIPT)),
         };
         Self { limits, backend }
     }
 
-    /// Whether a login for `user` from `ip` may be checked at all.
-    pub async fn login_gate(&self, user: &str, ip: IpAddr) -> redis::RedisResult<LoginGate> {
+    /// Counts a login attempt for `user` from `ip` before its password is checked, or
+    /// refuses it when either limit is reached. Atomic: concurrent attempts (on any
+    /// replica sharing the Redis) never take more slots than the limits hold.
+    pub async fn login_attempt(&self, user: &str, ip: IpAddr) -> redis::RedisResult<LoginGate> {
         let ip = ip.to_string();
-        let [user_failures, ip_failures] = self
-            .counts([(Bucket::UserFailures, user), (Bucket::IpFailures, &ip)])
-            .await?;
-        Ok(LoginGate {
-            blocked: user_failures >= self.limits.failures_per_user
-                || ip_failures >= self.limits.failures_per_ip,
-            user_failures,
+        let limits = self.limits;
+        let taken = match &self.backend {
+            Backend::Memory(maps) => {
+                let now = Instant::now();
+                // Always the username map first, then the address map: one lock order.
+                let mut users = maps[&Bucket::UserFailures].lock().expect("limiter lock");
+                let mut ips = maps[&Bucket::IpFailures].lock().expect("limiter lock");
+                if users.count(user, now) >= limits.failures_per_user
+                    || ips.count(&ip, now) >= limits.failures_per_ip
+                {
+                    false
+                } else {
+                    users.hit(user, now, limits.window);
+                    ips.hit(&ip, now, limits.window);
+                    true
+                }
+            }
+            Backend::Redis {
+                conn,
+                prefix,
+                reserve,
+                ..
+            } => {
+                let taken: i64 = reserve
+                    .key(redis_key(prefix, Bucket::UserFailures, user))
+                    .key(redis_key(prefix, Bucket::IpFailures, &ip))
+                    .arg(limits.window.as_millis() as u64)
+                    .arg(limits.failures_per_user)
+                    .arg(limits.failures_per_ip)
+                    .invoke_async(&mut conn.clone())
+                    .await?;
+                taken == 1
+            }
+        };
+        Ok(if taken {
+            LoginGate::Allowed
+        } else {
+            LoginGate::Blocked
         })
     }
 
-    /// Counts a failed login against the username (if it was well-formed) and the address.
-    pub async fn login_failed(&self, user: Option<&str>, ip: IpAddr) -> redis::RedisResult<()> {
-        let ip = ip.to_string();
-        match user {
-            Some(user) => {
-                self.hit(&[(Bucket::UserFailures, user), (Bucket::IpFailures, &ip)])
-                    .await?
-            }
-            None => self.hit(&[(Bucket::IpFailures, &ip)]).await?,
-        };
+    /// Counts a failed login that never reached a password check (a malformed
+    /// username) against the address.
+    pub async fn login_failed(&self, ip: IpAddr) -> redis::RedisResult<()> {
+        self.hit(&[(Bucket::IpFailures, &ip.to_string())]).await?;
         Ok(())
     }
 
-    /// A correct password clears the username's failures (not the address's: one
-    /// known account must not launder guesses against others).
-    pub async fn login_succeeded(&self, user: &str, gate: LoginGate) -> redis::RedisResult<()> {
-        if gate.user_failures == 0 {
-            return Ok(());
-        }
+    /// A correct password clears the username's failures and hands back the slot the
+    /// attempt took from the address, but no more (one known account must not launder
+    /// guesses against others).
+    pub async fn login_succeeded(&self, user: &str, ip: IpAddr) -> redis::RedisResult<()> {
+        let ip = ip.to_string();
         match &self.backend {
             Backend::Memory(maps) => {
-                maps[&Bucket::UserFailures]
-                    .lock()
-                    .expect("limiter lock")
-                    .map
-                    .remove(user);
+                let now = Instant::now();
+                let mut users = maps[&Bucket::UserFailures].lock().expect("limiter lock");
+                let mut ips = maps[&Bucket::IpFailures].lock().expect("limiter lock");
+                users.map.remove(user);
+                if let Some(w) = ips.map.get_mut(&ip).filter(|w| w.ends > now) {
+                    w.count = w.count.saturating_sub(1);
+                }
                 Ok(())
             }
-            Backend::Redis { conn, prefix, .. } => {
-                redis::cmd("DEL")
-                    .arg(redis_key(prefix, Bucket::UserFailures, user))
-                    .query_async::<()>(&mut conn.clone())
+            Backend::Redis {
+                conn,
+                prefix,
+                refund,
+                ..
+            } => {
+                refund
+                    .key(redis_key(prefix, Bucket::UserFailures, user))
+                    .key(redis_key(prefix, Bucket::IpFailures, &ip))
+                    .invoke_async::<()>(&mut conn.clone())
                     .await
             }
         }
@@ -161,32 +231,6 @@ impl RateLimiter {
             .hit(&[(Bucket::IpRegistrations, &ip.to_string())])
             .await?;
         Ok(counts.first().copied().unwrap_or(0) <= self.limits.registrations_per_ip)
-    }
-
-    async fn counts<const N: usize>(
-        &self,
-        keys: [(Bucket, &str); N],
-    ) -> redis::RedisResult<[u32; N]> {
-        match &self.backend {
-            Backend::Memory(maps) => {
-                let now = Instant::now();
-                Ok(keys.map(|(bucket, key)| {
-                    maps[&bucket].lock().expect("limiter lock").count(key, now)
-                }))
-            }
-            Backend::Redis { conn, prefix, .. } => {
-                let mut cmd = redis::cmd("MGET");
-                for (bucket, key) in keys {
-                    cmd.arg(redis_key(prefix, bucket, key));
-                }
-                let got: Vec<Option<u32>> = cmd.query_async(&mut conn.clone()).await?;
-                let mut out = [0; N];
-                for (slot, value) in out.iter_mut().zip(got) {
-                    *slot = value.unwrap_or(0);
-                }
-                Ok(out)
-            }
-        }
     }
 
     async fn hit(&self, keys: &[(Bucket, &str)]) -> redis::RedisResult<Vec<u32>> {
@@ -207,6 +251,7 @@ impl RateLimiter {
                 conn,
                 prefix,
                 script,
+                ..
             } => {
                 let mut invocation = script.prepare_invoke();
                 for (bucket, key) in keys {
@@ -216,6 +261,71 @@ impl RateLimiter {
                 invocation.invoke_async(&mut conn.clone()).await
             }
         }
+    }
+}
+
+/// Connections open per client address, so one address cannot hold every slot of the
+/// global connection cap. IPv6 addresses count per /64, the block one host usually
+/// gets: otherwise a single host could rotate through addresses for free.
+pub struct SourceConnections {
+    max_per_source: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection's place in [`SourceConnections`]; freed on drop.
+pub struct SourceSlot {
+    source: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl SourceConnections {
+    pub fn new(max_per_source: usize) -> Self {
+        Self {
+            max_per_source: max_per_source.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    /// A slot for a connection from `ip`, or None when its source is at the cap.
+    pub fn try_open(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let source = source_of(ip);
+        let mut open = self.open.lock().expect("sources lock");
+        let count = open.entry(source).or_insert(0);
+        if *count >= self.max_per_source {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            source,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.source) {
+            *count -= 1;
+            // Gone at zero: the map holds only sources with open connections.
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// What counts as one source: an IPv4 address (also when IPv4-mapped), or an IPv6 /64.
+pub fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
     }
 }
 
@@ -300,28 +410,86 @@ mod tests {
     async fn user_failures_block_then_success_resets() {
         let limiter = RateLimiter::memory(limits());
         for _ in 0..3 {
-            assert!(!limiter.login_gate("alice", IP).await.unwrap().blocked);
-            limiter.login_failed(Some("alice"), IP).await.unwrap();
+            assert_eq!(
+                limiter.login_attempt("alice", IP).await.unwrap(),
+                LoginGate::Allowed
+            );
         }
-        let gate = limiter.login_gate("alice", IP).await.unwrap();
-        assert!(gate.blocked);
-        assert!(!limiter.login_gate("bob", IP).await.unwrap().blocked);
-        limiter.login_succeeded("alice", gate).await.unwrap();
-        assert!(!limiter.login_gate("alice", IP).await.unwrap().blocked);
+        assert_eq!(
+            limiter.login_attempt("alice", IP).await.unwrap(),
+            LoginGate::Blocked
+        );
+        assert_eq!(
+            limiter.login_attempt("bob", IP).await.unwrap(),
+            LoginGate::Allowed
+        );
+        limiter.login_succeeded("alice", IP).await.unwrap();
+        assert_eq!(
+            limiter.login_attempt("alice", IP).await.unwrap(),
+            LoginGate::Allowed
+        );
     }
 
     #[tokio::test]
-    async fn address_failures_block_every_user() {
+    async fn address_attempts_block_every_user() {
         let limiter = RateLimiter::memory(limits());
         for i in 0..5 {
-            limiter
-                .login_failed(Some(&format!("user{i}")), IP)
+            let gate = limiter
+                .login_attempt(&format!("user{i}"), IP)
                 .await
                 .unwrap();
+            assert_eq!(gate, LoginGate::Allowed);
         }
-        assert!(limiter.login_gate("someone", IP).await.unwrap().blocked);
+        assert_eq!(
+            limiter.login_attempt("someone", IP).await.unwrap(),
+            LoginGate::Blocked
+        );
         let other: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(!limiter.login_gate("someone", other).await.unwrap().blocked);
+        assert_eq!(
+            limiter.login_attempt("someone", other).await.unwrap(),
+            LoginGate::Allowed
+        );
+    }
+
+    #[tokio::test]
+    async fn a_success_gives_back_only_its_own_slot() {
+        let limiter = RateLimiter::memory(limits());
+        // Four guesses against others, then a correct login: the address keeps its
+        // four failures, so one more attempt is all it has.
+        for i in 0..4 {
+            limiter.login_attempt(&format!("v{i}"), IP).await.unwrap();
+        }
+        assert_eq!(
+            limiter.login_attempt("mine", IP).await.unwrap(),
+            LoginGate::Allowed
+        );
+        limiter.login_succeeded("mine", IP).await.unwrap();
+        assert_eq!(
+            limiter.login_attempt("v9", IP).await.unwrap(),
+            LoginGate::Allowed
+        );
+        assert_eq!(
+            limiter.login_attempt("v10", IP).await.unwrap(),
+            LoginGate::Blocked
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_attempts_take_at_most_the_limit() {
+        let limiter = RateLimiter::memory(limits());
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.login_attempt("alice", IP).await.unwrap() })
+            })
+            .collect();
+        let mut allowed = 0;
+        for task in tasks {
+            if task.await.unwrap() == LoginGate::Allowed {
+                allowed += 1;
+            }
+        }
+        assert_eq!(allowed, 3);
     }
 
     #[tokio::test]
@@ -330,6 +498,27 @@ mod tests {
         assert!(limiter.register_allowed(IP).await.unwrap());
         assert!(limiter.register_allowed(IP).await.unwrap());
         assert!(!limiter.register_allowed(IP).await.unwrap());
+    }
+
+    #[test]
+    fn connections_are_capped_per_source() {
+        let caps = SourceConnections::new(2);
+        let a = caps.try_open(IP).unwrap();
+        let _b = caps.try_open(IP).unwrap();
+        assert!(caps.try_open(IP).is_none());
+        assert!(caps.try_open("127.0.0.2".parse().unwrap()).is_some());
+        // The same host under IPv6 rotating the low 64 bits is one source.
+        let v6 = |s: &str| caps.try_open(s.parse().unwrap());
+        let _c = v6("2001:db8::1").unwrap();
+        let _d = v6("2001:db8::ffff:1").unwrap();
+        assert!(v6("2001:db8::2").is_none());
+        assert!(v6("2001:db8:0:1::1").is_some());
+        drop(a);
+        assert!(
+            caps.try_open(IP).is_some(),
+            "a closed connection frees its slot"
+        );
+        assert!(caps.open.lock().unwrap().len() <= 4);
     }
 
     #[test]

@@ -11,7 +11,8 @@ pub struct Metrics {
     pub registry: Registry,
     pub connections_active: IntGauge,
     pub connections_total: IntCounter,
-    /// By reason: `limit` (connection cap), `shutting_down`.
+    /// By reason: `limit` (connection cap), `per_source` (one address's cap),
+    /// `shutting_down`.
     pub connections_rejected: IntCounterVec,
     /// Every answered request, by action (`invalid` for unparsable lines) and status.
     pub requests: IntCounterVec,
@@ -20,6 +21,9 @@ pub struct Metrics {
     /// Failed logins by reason (`unknown_user`, `wrong_password`, `rate_limited`, ..).
     pub auth_failures: IntCounterVec,
     pub request_duration: HistogramVec,
+    /// Password verifications started by logins (each one Argon2id run, real or dummy):
+    /// what the brute-force limits bound.
+    pub password_verifications: IntCounter,
     pub hash_waiting: IntGauge,
     pub hash_duration: Histogram,
     pub events: EventMetrics,
@@ -61,6 +65,10 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
             &["action"],
         )?;
+        let password_verifications = IntCounter::new(
+            "password_verifications_total",
+            "Login password verifications started (one Argon2id run each)",
+        )?;
         let hash_waiting =
             IntGauge::new("hash_waiting", "Password hashes waiting for a hashing slot")?;
         let hash_duration = Histogram::with_opts(
@@ -78,6 +86,7 @@ impl Metrics {
             Box::new(auth_success.clone()),
             Box::new(auth_failures.clone()),
             Box::new(request_duration.clone()),
+            Box::new(password_verifications.clone()),
             Box::new(hash_waiting.clone()),
             Box::new(hash_duration.clone()),
         ] {
@@ -93,6 +102,7 @@ impl Metrics {
             auth_success,
             auth_failures,
             request_duration,
+            password_verifications,
             hash_waiting,
             hash_duration,
             events,

@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, MessageTexts};
 use crate::connection::{self, ConnLimits};
-use crate::limits::{Limits, RateLimiter};
+use crate::limits::{Limits, RateLimiter, SourceConnections};
 use crate::metrics::Metrics;
 use crate::password::Hasher;
 use crate::revocation::Revocations;
@@ -117,6 +117,7 @@ impl Server {
             service: service.clone(),
             limits,
             max_connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+            sources: SourceConnections::new(config.max_connections_per_source),
             grace: Duration::from_secs(config.shutdown_grace_secs),
         };
         let task = tokio::spawn(async move {
@@ -153,6 +154,7 @@ struct Acceptor {
     service: Arc<AuthService>,
     limits: ConnLimits,
     max_connections: usize,
+    sources: SourceConnections,
     grace: Duration,
 }
 
@@ -176,23 +178,27 @@ impl Acceptor {
                 },
             };
             let _ = stream.set_nodelay(true);
+            // The per-source check comes first, so a client at its own cap is told that
+            // rather than taking (and being refused) a global slot.
+            let Some(source) = self.sources.try_open(peer.ip()) else {
+                metrics
+                    .connections_rejected
+                    .with_label_values(&["per_source"])
+                    .inc();
+                let busy = Response::error(
+                    reason::BUSY,
+                    "Too many connections from your address, close some and try again",
+                );
+                refuse(stream, busy, &rejects);
+                continue;
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 metrics
                     .connections_rejected
                     .with_label_values(&["limit"])
                     .inc();
                 let busy = Response::error(reason::BUSY, "Server busy, try again later");
-                match rejects.clone().try_acquire_owned() {
-                    Ok(slot) => {
-                        tokio::spawn(async move {
-                            goodbye(stream, &busy).await;
-                            drop(slot);
-                        });
-                    }
-                    Err(_) => {
-                        let _ = stream.try_write(&busy.to_line());
-                    }
-                }
+                refuse(stream, busy, &rejects);
                 continue;
             };
             metrics.connections_total.inc();
@@ -203,7 +209,7 @@ impl Acceptor {
             tokio::spawn(async move {
                 connection::serve(stream, peer, service.clone(), limits, stop).await;
                 service.metrics.connections_active.dec();
-                drop(permit);
+                drop((permit, source));
             });
         }
         drop(self.listener);
@@ -220,6 +226,23 @@ impl Acceptor {
         }
         pump.finish(Duration::from_secs(5)).await;
         tracing::info!("authserver stopped");
+    }
+}
+
+/// Answers a connection we will not serve and closes it, in the background while few
+/// such goodbyes are in flight; past that, one non-blocking write and close, so a flood
+/// of refused connections cannot pile up tasks.
+fn refuse(stream: TcpStream, busy: Response, rejects: &Arc<Semaphore>) {
+    match rejects.clone().try_acquire_owned() {
+        Ok(slot) => {
+            tokio::spawn(async move {
+                goodbye(stream, &busy).await;
+                drop(slot);
+            });
+        }
+        Err(_) => {
+            let _ = stream.try_write(&busy.to_line());
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use tanks_core::protocol::auth::{
 };
 use tanks_core::token::{TokenError, TokenSigner, unix_now};
 
-use crate::limits::RateLimiter;
+use crate::limits::{LoginGate, RateLimiter};
 use crate::metrics::Metrics;
 use crate::password::Hasher;
 use crate::policy;
@@ -143,16 +143,17 @@ impl AuthService {
     async fn login(&self, username: String, password: String, peer: IpAddr) -> Response {
         let Ok(canonical) = policy::canonical_username(&username) else {
             // No account can have this name: no need to spend a hash to hide anything.
-            if let Err(e) = self.limiter.login_failed(None, peer).await {
+            if let Err(e) = self.limiter.login_failed(peer).await {
                 return self.unavailable("rate limiter", &e);
             }
             return self.login_failure(&username, peer, failure_reason::INVALID_USERNAME);
         };
-        let gate = match self.limiter.login_gate(&canonical, peer).await {
+        // Counted before the hash, atomically: concurrent guesses cannot all slip past.
+        let gate = match self.limiter.login_attempt(&canonical, peer).await {
             Ok(gate) => gate,
             Err(e) => return self.unavailable("rate limiter", &e),
         };
-        if gate.blocked {
+        if gate == LoginGate::Blocked {
             self.login_failure(&username, peer, failure_reason::RATE_LIMITED);
             return Response::failure(reason::RATE_LIMITED, MSG_RATE_LIMITED);
         }
@@ -162,15 +163,14 @@ impl AuthService {
         };
         // Unknown users are checked against a dummy hash: same work, same time.
         let stored = user.as_ref().map(|u| u.password_hash.clone());
+        self.metrics.password_verifications.inc();
         let matches = match self.hasher.verify(password, stored).await {
             Ok(m) => m,
             Err(e) => return self.unavailable("hasher", &e),
         };
         let known = user.is_some();
         let Some(user) = user.filter(|_| matches) else {
-            if let Err(e) = self.limiter.login_failed(Some(&canonical), peer).await {
-                return self.unavailable("rate limiter", &e);
-            }
+            // Already counted by login_attempt.
             let why = if known {
                 failure_reason::WRONG_PASSWORD
             } else {
@@ -178,7 +178,7 @@ impl AuthService {
             };
             return self.login_failure(&username, peer, why);
         };
-        if let Err(e) = self.limiter.login_succeeded(&canonical, gate).await {
+        if let Err(e) = self.limiter.login_succeeded(&canonical, peer).await {
             tracing::warn!(error = %e, "clearing login failures");
         }
         let (token, claims) = self.signer.issue(&user.username, self.token_ttl);

@@ -19,6 +19,7 @@ use tanks_core::token::TokenSigner;
 use crate::rate_limit::RateLimit;
 use crate::rules::Rules;
 use crate::sessions::ManagerConfig;
+use crate::tcp::TcpLimits;
 
 /// Used when no control secret is configured, so a fresh checkout runs; never in production.
 pub const DEVELOPMENT_CONTROL_SECRET: &str = "tanks-development-control-secret";
@@ -134,6 +135,13 @@ pub struct Args {
     /// Datagrams per second allowed from one source address.
     #[arg(long, env = "GAMESERVER_RATE_LIMIT", default_value_t = 120.0)]
     pub rate_limit: f64,
+    /// Most TCP command connections open at once; more get `BUSY ...` and are closed.
+    #[arg(long, env = "GAMESERVER_TCP_MAX_CONNECTIONS", default_value_t = crate::tcp::MAX_CONNECTIONS)]
+    pub tcp_max_connections: usize,
+    /// Most TCP command connections from one client address (IPv6: one /64), so one
+    /// client cannot hold every slot; more get `BUSY ...` and are closed.
+    #[arg(long, env = "GAMESERVER_TCP_MAX_CONNECTIONS_PER_SOURCE", default_value_t = crate::tcp::MAX_CONNECTIONS_PER_SOURCE)]
+    pub tcp_max_connections_per_source: usize,
     /// After SIGTERM, seconds to let running sessions finish before ending them.
     #[arg(long, env = "GAMESERVER_DRAIN_SECONDS", default_value_t = 60)]
     pub drain_seconds: u64,
@@ -191,6 +199,7 @@ pub struct Settings {
     pub prefetch: u16,
     pub sink: SinkConfig,
     pub rate_limit: RateLimit,
+    pub tcp_limits: TcpLimits,
     pub drain_timeout: Duration,
     pub socket_buffer: usize,
     pub send_threads: usize,
@@ -219,6 +228,7 @@ impl Settings {
             prefetch: 256,
             sink,
             rate_limit: RateLimit::default(),
+            tcp_limits: TcpLimits::default(),
             drain_timeout: Duration::from_secs(5),
             socket_buffer: 4 << 20,
             send_threads: 2,
@@ -373,6 +383,10 @@ impl Args {
             rate_limit: RateLimit {
                 per_second: self.rate_limit,
                 burst: self.rate_limit.max(1.0),
+            },
+            tcp_limits: TcpLimits {
+                max_connections: self.tcp_max_connections,
+                max_per_source: self.tcp_max_connections_per_source,
             },
             drain_timeout: Duration::from_secs(self.drain_seconds),
             socket_buffer: self.socket_buffer,

@@ -120,6 +120,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         path: settings.command_path,
         bus,
         metrics: metrics.clone(),
+        limits: settings.tcp_limits,
     };
     tasks.push(tokio::spawn(tcp::serve(
         listener,

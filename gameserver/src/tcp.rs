@@ -2,9 +2,12 @@
 //!
 //! `LOGIN user pass` is checked against the auth server; `MOVE x y` and `SHOOT`
 //! then act for that user's tank, through the configured command path. Lines are
-//! bounded, idle connections time out, connections are capped, and each connection
-//! is paced to a number of lines per second (TCP pushes back on the client).
+//! bounded, idle connections time out, connections are capped (in all and per client
+//! address, so one client cannot hold every slot), and each connection is paced to a
+//! number of lines per second (TCP pushes back on the client).
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,10 +24,34 @@ use crate::metrics::Metrics;
 use crate::sessions::SessionManager;
 
 pub const MAX_CONNECTIONS: usize = 10_000;
+/// Players behind one NAT share an address; 64 leaves room for a LAN party or an
+/// office while one client can take well under 1% of the slots.
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = 64;
+/// Refused connections being told so at once; beyond this they get one
+/// non-blocking write and are closed, so a flood cannot pile up tasks.
+const REJECTS_IN_FLIGHT: usize = 256;
+const REFUSED_PER_SOURCE: &str = "BUSY Too many connections from your address\n";
+const REFUSED_FULL: &str = "BUSY Server busy, try again later\n";
 const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 const AUTH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Lines per second one connection may send before it is slowed down.
 const LINES_PER_SECOND: u32 = 60;
+
+/// Connection caps of the command port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    pub max_connections: usize,
+    pub max_per_source: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            max_per_source: MAX_CONNECTIONS_PER_SOURCE,
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct TcpContext {
@@ -33,10 +60,15 @@ pub struct TcpContext {
     pub path: CommandPath,
     pub bus: Option<CommandBus>,
     pub metrics: Metrics,
+    pub limits: TcpLimits,
 }
 
 pub async fn serve(listener: TcpListener, ctx: TcpContext, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(Semaphore::new(
+        ctx.limits.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
+    let sources = SourceConnections::new(ctx.limits.max_per_source);
+    let rejects = Arc::new(Semaphore::new(REJECTS_IN_FLIGHT));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.wait_for(|&stop| stop) => return,
@@ -50,20 +82,107 @@ pub async fn serve(listener: TcpListener, ctx: TcpContext, mut shutdown: watch::
                 continue;
             }
         };
+        // Per source first: a client at its own cap is told so without taking a slot.
+        let Some(source) = sources.try_open(peer.ip()) else {
+            tracing::debug!(%peer, "TCP connection refused: per-source cap");
+            refuse(stream, REFUSED_PER_SOURCE, &rejects);
+            continue;
+        };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream); // full: refuse by closing
+            tracing::debug!(%peer, "TCP connection refused: connection cap");
+            refuse(stream, REFUSED_FULL, &rejects);
             continue;
         };
         let ctx = ctx.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slots = (permit, source);
             ctx.metrics.tcp_connections.inc();
             if let Err(e) = connection(stream, &ctx, shutdown).await {
                 tracing::debug!(%peer, error = %e, "TCP connection ended");
             }
             ctx.metrics.tcp_connections.dec();
         });
+    }
+}
+
+/// Tells a refused client why and closes: half-close, then read what it already sent
+/// (briefly), since closing with unread input makes the kernel send a reset that can
+/// destroy the reply before the client reads it.
+fn refuse(mut stream: TcpStream, reply: &'static str, rejects: &Arc<Semaphore>) {
+    let Ok(slot) = rejects.clone().try_acquire_owned() else {
+        let _ = stream.try_write(reply.as_bytes());
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(reply.as_bytes()).await?;
+            stream.shutdown().await?;
+            let mut sink = [0u8; 1024];
+            while stream.read(&mut sink).await? > 0 {}
+            std::io::Result::Ok(())
+        })
+        .await;
+        drop(slot);
+    });
+}
+
+/// Connections open per client address. IPv6 addresses count per /64, the block one
+/// host usually gets, so rotating the low bits does not buy more slots.
+struct SourceConnections {
+    max_per_source: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in [`SourceConnections`]; freed on drop.
+struct SourceSlot {
+    source: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl SourceConnections {
+    fn new(max_per_source: usize) -> Self {
+        Self {
+            max_per_source: max_per_source.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    fn try_open(&self, ip: IpAddr) -> Option<SourceSlot> {
+        let source = source_of(ip);
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(source).or_insert(0);
+        if *count >= self.max_per_source {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot {
+            source,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.source) {
+            *count -= 1;
+            // Gone at zero: the map holds only sources with open connections.
+            if *count == 0 {
+                open.remove(&self.source);
+            }
+        }
+    }
+}
+
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
     }
 }
 
@@ -241,4 +360,33 @@ pub async fn ask_auth(addr: &str, request: &Request) -> anyhow::Result<Response>
         .map_err(|_| {
             anyhow::anyhow!("the auth server at {addr} did not answer within {AUTH_TIMEOUT:?}")
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_capped_per_source() {
+        let caps = SourceConnections::new(2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = caps.try_open(ip("10.0.0.1")).unwrap();
+        let _b = caps.try_open(ip("::ffff:10.0.0.1")).unwrap();
+        assert!(
+            caps.try_open(ip("10.0.0.1")).is_none(),
+            "mapped IPv4 is the same"
+        );
+        assert!(caps.try_open(ip("10.0.0.2")).is_some());
+        let _c = caps.try_open(ip("2001:db8::1")).unwrap();
+        let _d = caps.try_open(ip("2001:db8::2:1")).unwrap();
+        assert!(
+            caps.try_open(ip("2001:db8::3")).is_none(),
+            "one /64 is one source"
+        );
+        drop(a);
+        assert!(
+            caps.try_open(ip("10.0.0.1")).is_some(),
+            "a slot frees on close"
+        );
+    }
 }

@@ -100,6 +100,10 @@ fn help_documents_every_flag_and_its_environment_variable() {
         ("--token-key-file", "TOKEN_KEY_FILE"),
         ("--token-ttl-secs", "AUTH_TOKEN_TTL_SECS"),
         ("--max-connections", "AUTH_MAX_CONNECTIONS"),
+        (
+            "--max-connections-per-source",
+            "AUTH_MAX_CONNECTIONS_PER_SOURCE",
+        ),
         ("--idle-timeout-secs", "AUTH_IDLE_TIMEOUT_SECS"),
         ("--read-timeout-secs", "AUTH_READ_TIMEOUT_SECS"),
         ("--max-line-bytes", "AUTH_MAX_LINE_BYTES"),

@@ -44,6 +44,11 @@ pub struct Client {
 impl Client {
     pub async fn connect(server: &Server) -> Self {
         let stream = TcpStream::connect(server.addr).await.expect("connect");
+        Self::from_stream(stream)
+    }
+
+    /// A client on a connection made elsewhere (e.g. from a chosen local address).
+    pub fn from_stream(stream: TcpStream) -> Self {
         stream.set_nodelay(true).unwrap();
         let (r, w) = stream.into_split();
         Self {

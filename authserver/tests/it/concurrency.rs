@@ -44,6 +44,12 @@ async fn five_thousand_concurrent_connections() {
     );
     let mut cfg = config();
     cfg.max_connections = CLIENTS + 100;
+    // Every client here comes from 127.0.0.1.
+    cfg.max_connections_per_source = CLIENTS + 100;
+    // A hundred logins of one user from one address race below, and a login attempt
+    // counts against both limits until its password check resolves: room for all.
+    cfg.failures_per_user = CLIENTS as u32;
+    cfg.failures_per_ip = CLIENTS as u32;
     let server = Arc::new(start(cfg).await);
     let name = username("crowd");
     assert!(once(&server, &register(&name, PASSWORD)).await.is_success());

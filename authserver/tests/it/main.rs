@@ -4,6 +4,7 @@ mod binary;
 mod common;
 mod concurrency;
 mod kafka;
+mod limits;
 mod protocol;
 mod prototype_client;
 mod redis;

@@ -2,6 +2,7 @@
 
 mod brokers;
 mod common;
+mod connection_caps;
 mod control;
 mod drain;
 mod fleet_secrets;
