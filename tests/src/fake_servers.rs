@@ -62,6 +62,8 @@ pub struct FakeServers {
     inner: Arc<Mutex<Inner>>,
     addr: SocketAddr,
     default_capacity: u32,
+    /// Sessions created so far (for [`FakeServers::sessions_created`]).
+    created: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl FakeServers {
@@ -74,6 +76,7 @@ impl FakeServers {
             inner: Arc::default(),
             addr,
             default_capacity,
+            created: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         let router = axum::Router::new()
             .route("/s/{server}/v1/load", get(load))
@@ -144,6 +147,13 @@ impl FakeServers {
     /// capacity.
     pub fn accept_past_capacity(&self) {
         self.with(|i| i.lenient = true);
+    }
+
+    /// Resolves as soon as `n` sessions have been created in all (a test can act at
+    /// that exact point of an allocation burst, not a poll interval later).
+    pub async fn sessions_created(&self, n: usize) {
+        let mut rx = self.created.subscribe();
+        let _ = rx.wait_for(|c| *c >= n).await;
     }
 
     /// `(server, match id)` of every session accepted while its server was full.
@@ -254,6 +264,7 @@ async fn create(
             .entry(req.match_id.clone())
             .or_default()
             .push(server.clone());
+        fake.created.send_modify(|c| *c += 1);
         let body = SessionCreated {
             match_id: req.match_id,
             session_id,
