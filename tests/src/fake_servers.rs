@@ -254,8 +254,7 @@ async fn create(
             if !i.lenient {
                 return refuse("full");
             }
-            i.over_capacity
-                .push((server.clone(), req.match_id.clone()));
+            i.over_capacity.push((server.clone(), req.match_id.clone()));
         }
         let session_id = format!("session-{next}");
         s.live.insert(req.match_id.clone(), (session_id.clone(), 0));

@@ -428,7 +428,9 @@ impl OperatorProcess {
             return false;
         };
         let mut answer = String::new();
-        conn.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").await.is_ok()
+        conn.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")
+            .await
+            .is_ok()
             && conn.read_to_string(&mut answer).await.is_ok()
             && answer.split_whitespace().nth(1) == Some("200")
     }
