@@ -5,6 +5,10 @@
 //! and finished match sessions. It also records what no real server can tell: the most
 //! sessions any server ever held at once, and every server a match id reached.
 //!
+//! [`FakeServers::accept_past_capacity`] turns the `full` refusal off: a server then
+//! takes every session it is asked for and counts those past its capacity, so a test
+//! sees an allocator that overbooks instead of a server that quietly saved it.
+//!
 //! Server `name` answers under `http://127.0.0.1:<port>/s/<name>`; [`FakeServers::resolver`]
 //! maps a pod to that base URL.
 //!
@@ -47,6 +51,10 @@ struct Inner {
     /// match id → servers that created a session for it.
     placements: HashMap<String, Vec<String>>,
     next_session: u64,
+    /// Sessions taken past capacity are accepted (and counted) instead of refused.
+    lenient: bool,
+    /// Sessions accepted while the server already held its capacity.
+    over_capacity: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -54,6 +62,8 @@ pub struct FakeServers {
     inner: Arc<Mutex<Inner>>,
     addr: SocketAddr,
     default_capacity: u32,
+    /// Sessions created so far (for [`FakeServers::sessions_created`]).
+    created: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 impl FakeServers {
@@ -66,6 +76,7 @@ impl FakeServers {
             inner: Arc::default(),
             addr,
             default_capacity,
+            created: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         let router = axum::Router::new()
             .route("/s/{server}/v1/load", get(load))
@@ -129,6 +140,25 @@ impl FakeServers {
                 }
             }
         });
+    }
+
+    /// From now on a full server accepts new sessions anyway, and records each (see
+    /// [`FakeServers::over_capacity_acceptances`]): the allocator alone must keep within
+    /// capacity.
+    pub fn accept_past_capacity(&self) {
+        self.with(|i| i.lenient = true);
+    }
+
+    /// Resolves as soon as `n` sessions have been created in all (a test can act at
+    /// that exact point of an allocation burst, not a poll interval later).
+    pub async fn sessions_created(&self, n: usize) {
+        let mut rx = self.created.subscribe();
+        let _ = rx.wait_for(|c| *c >= n).await;
+    }
+
+    /// `(server, match id)` of every session accepted while its server was full.
+    pub fn over_capacity_acceptances(&self) -> Vec<(String, String)> {
+        self.with(|i| i.over_capacity.clone())
     }
 
     /// The most sessions any server held at once, and its capacity.
@@ -221,7 +251,10 @@ async fn create(
             return refuse("draining");
         }
         if s.live.len() as u32 >= s.capacity {
-            return refuse("full");
+            if !i.lenient {
+                return refuse("full");
+            }
+            i.over_capacity.push((server.clone(), req.match_id.clone()));
         }
         let session_id = format!("session-{next}");
         s.live.insert(req.match_id.clone(), (session_id.clone(), 0));
@@ -230,6 +263,7 @@ async fn create(
             .entry(req.match_id.clone())
             .or_default()
             .push(server.clone());
+        fake.created.send_modify(|c| *c += 1);
         let body = SessionCreated {
             match_id: req.match_id,
             session_id,

@@ -368,7 +368,10 @@ impl OperatorHandle {
         let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
     }
 
-    /// Stops it at once, as a crash would (no graceful shutdown, no Lease release).
+    /// Drops the run future at once: its GameFleet controller stops without a graceful
+    /// shutdown. Not a crash: the tasks it spawned (the Lease elector, the load poller,
+    /// the Match controller) live on, the elector still renewing the Lease. Failover is
+    /// tested with the binary SIGKILLed (`OperatorProcess` in gamefleet.rs).
     pub fn kill(self) {
         self.task.abort();
     }

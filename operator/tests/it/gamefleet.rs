@@ -11,10 +11,10 @@ use crate::common::*;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
-use tanks_operator::api::{GameFleet, Match, MatchPhase, labels};
+use tanks_operator::api::{Match, MatchPhase, labels};
 use tanks_operator::matches::runtime::MatchConfig;
 
 fn host_port(p: &Pod) -> Option<i32> {
@@ -28,78 +28,6 @@ fn host_port(p: &Pod) -> Option<i32> {
                 .then_some(port.host_port)
                 .flatten()
         })
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crds_are_applied_and_bad_fleets_rejected_with_the_cel_message() {
-    let env = TestEnv::new("op-crd", 0, 0).await;
-    let fleets = env.fleets();
-    let cases = [
-        (
-            fleet("a", "x").min(5).max(2),
-            "scaling.minReplicas must not exceed scaling.maxReplicas",
-        ),
-        (
-            fleet("b", "x").set("/spec/scaling/buffer", json!({"slots": 1, "percent": 10})),
-            "exactly one of slots or percent",
-        ),
-        (
-            fleet("c", "x").buffer_slots(1000).max(2),
-            "buffer.slots must fit",
-        ),
-        (
-            fleet("d", "x").set(
-                "/spec/rollingUpdate",
-                json!({"maxSurge": 0, "maxUnavailable": "0%"}),
-            ),
-            "must not both be zero",
-        ),
-        (
-            fleet("e", "x").set("/spec/ports", json!({"policy": "Static"})),
-            "ports.port is required",
-        ),
-        (
-            fleet("f", "x").set("/spec/scaling/maxReplicas", json!(100000)),
-            "maxReplicas",
-        ),
-        (
-            fleet("g", "x").set("/spec/scheduling", json!("Random")),
-            "Unsupported value",
-        ),
-    ];
-    // Sent as raw JSON: some of these cannot even be built as Rust values.
-    let raw: Api<DynamicObject> = Api::namespaced_with(
-        env.client.clone(),
-        &env.ns,
-        &ApiResource::erase::<GameFleet>(&()),
-    );
-    for (builder, message) in cases {
-        let obj: DynamicObject = serde_json::from_value(builder.0).unwrap();
-        let err = raw
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect_err(message);
-        let text = err.to_string();
-        assert!(text.contains(message), "expected {message:?} in {text}");
-    }
-    // Immutable: the port policy.
-    fleets
-        .create(&PostParams::default(), &fleet("ok", "x").build())
-        .await
-        .expect("valid fleet");
-    let err = fleets
-        .patch(
-            "ok",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"ports": {"policy": "PodIp"}}})),
-        )
-        .await
-        .expect_err("immutable");
-    assert!(
-        err.to_string().contains("ports.policy is immutable"),
-        "{err}"
-    );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -373,7 +301,17 @@ async fn a_template_change_rolls_and_a_busy_pod_is_never_deleted() {
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The operator has reconciled the drained state (its status says so), and the busy
+    // server is still there.
+    eventually(30, "status: 3 updated, 1 draining", || async {
+        let f = env.fleets().get("arena").await.ok()?;
+        let st = f.status?;
+        (st.updated_replicas == 3
+            && st.draining_replicas == 1
+            && st.observed_generation == f.metadata.generation)
+            .then_some(())
+    })
+    .await;
     assert!(
         env.pods()
             .get(&busy)
@@ -431,7 +369,18 @@ async fn an_operator_restarted_mid_scale_converges_without_duplicates() {
         }
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The new operator has seen all 300 and wants no more (its status says so): any
+    // duplicate it was going to create is created by now.
+    eventually(30, "status: 300 of 300", || async {
+        let f = env.fleets().get("arena").await.ok()?;
+        let st = f.status?;
+        (st.replicas == 300
+            && st.desired_replicas == 300
+            && st.observed_generation == f.metadata.generation)
+            .then_some(())
+    })
+    .await;
+    max_seen.fetch_max(env.live_pods("arena").await.len(), Ordering::SeqCst);
     let live = env.live_pods("arena").await.len();
     assert_eq!(live, 300, "duplicates after restart (killed at {at_kill})");
     let max_seen = max_seen.load(Ordering::SeqCst);
@@ -440,13 +389,83 @@ async fn an_operator_restarted_mid_scale_converges_without_duplicates() {
     env.cleanup().await;
 }
 
+/// The operator binary as a child process of this test, with a 4 s Lease in the test's
+/// namespace; killed (SIGKILL) when dropped. Its log goes to a file in the temp folder.
+struct OperatorProcess {
+    child: tanks_testkit::process::KillOnDrop,
+    metrics: String,
+}
+
+const LEASE: Duration = Duration::from_secs(4);
+
+fn operator_process(env: &TestEnv, identity: &str) -> OperatorProcess {
+    let metrics = format!("127.0.0.1:{}", tanks_testkit::process::free_port());
+    let log_path = std::env::temp_dir().join(format!("{}-{identity}.log", env.ns));
+    let log = std::fs::File::create(&log_path).expect("operator log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_operator"))
+        .env("KUBECONFIG", tanks_testkit::kubeconfig())
+        .env("RUST_LOG", "info")
+        .args(["--namespace", &env.ns, "--lease-namespace", &env.ns])
+        .args(["--lease-seconds", &LEASE.as_secs().to_string()])
+        .args(["--identity", identity, "--metrics-addr", &metrics])
+        .args(["--no-matches", "--poll-interval-ms", "500"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start the operator binary");
+    eprintln!("operator {identity}: log in {}", log_path.display());
+    OperatorProcess {
+        child: tanks_testkit::process::KillOnDrop(child),
+        metrics,
+    }
+}
+
+impl OperatorProcess {
+    /// `/readyz` answers 200: it leads, or stands by for the Lease.
+    async fn ready(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let Ok(mut conn) = tokio::net::TcpStream::connect(&self.metrics).await else {
+            return false;
+        };
+        let mut answer = String::new();
+        conn.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")
+            .await
+            .is_ok()
+            && conn.read_to_string(&mut answer).await.is_ok()
+            && answer.split_whitespace().nth(1) == Some("200")
+    }
+
+    /// SIGKILL: no shutdown, no Lease release.
+    fn kill(&mut self) {
+        self.child.0.kill().expect("SIGKILL the operator");
+        self.child.0.wait().expect("reap the operator");
+    }
+}
+
+async fn lease_holder(env: &TestEnv) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    leases
+        .get_opt("tanks-operator")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_operator_replicas_never_both_act() {
+async fn two_operator_replicas_never_both_act_and_the_standby_takes_over_from_a_killed_leader() {
     let env = TestEnv::new("op-lease", 2, 100).await;
-    let fake = FakeServers::start().await;
-    let a = start_operator(&env, &fake, "replica-a", true);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let b = start_operator(&env, &fake, "replica-b", true);
+    let mut a = operator_process(&env, "replica-a");
+    eventually(30, "replica-a holds the Lease", || async {
+        (lease_holder(&env).await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let b = operator_process(&env, "replica-b");
+    eventually(30, "replica-b up, standing by", || async {
+        b.ready().await.then_some(())
+    })
+    .await;
     env.fleets()
         .create(
             &PostParams::default(),
@@ -468,6 +487,8 @@ async fn two_operator_replicas_never_both_act() {
         HashSet::from(["replica-a".to_owned()]),
         "only the leader acts"
     );
+    // A negative with no event to wait for: the standby does nothing for a while
+    // (several of its Lease rounds).
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         env.live_pods("arena").await.len(),
@@ -475,8 +496,15 @@ async fn two_operator_replicas_never_both_act() {
         "the standby acted too"
     );
 
-    // The leader stops (releasing the Lease): the standby takes over.
-    a.stop().await;
+    // The leader is SIGKILLed: the Lease is not released, it expires, and the standby
+    // takes over within the Lease time (plus a Lease round and an API call).
+    a.kill();
+    let killed = tokio::time::Instant::now();
+    assert_eq!(
+        lease_holder(&env).await.as_deref(),
+        Some("replica-a"),
+        "the killed leader released its Lease"
+    );
     env.fleets()
         .patch(
             "arena",
@@ -485,8 +513,20 @@ async fn two_operator_replicas_never_both_act() {
         )
         .await
         .unwrap();
+    eventually(30, "replica-b holds the Lease", || async {
+        (lease_holder(&env).await.as_deref() == Some("replica-b")).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    let renew = LEASE / 5;
+    assert!(
+        took >= LEASE - renew && took <= LEASE + 2 * renew + Duration::from_secs(1),
+        "took over after {took:?} (Lease {LEASE:?})"
+    );
+    let max_seen = std::sync::atomic::AtomicUsize::new(0);
     let pods = eventually(60, "15 pods after failover", || async {
         let p = env.live_pods("arena").await;
+        max_seen.fetch_max(p.len(), Ordering::SeqCst);
         (p.len() == 15).then_some(p)
     })
     .await;
@@ -495,7 +535,8 @@ async fn two_operator_replicas_never_both_act() {
         .filter(|p| p.annotations()[labels::CREATED_BY] == "replica-b")
         .count();
     assert_eq!(by_b, 5);
-    b.stop().await;
+    assert!(max_seen.load(Ordering::SeqCst) <= 15, "pods created twice");
+    drop(b);
     env.cleanup().await;
 }
 

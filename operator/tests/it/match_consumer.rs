@@ -86,8 +86,26 @@ async fn events_become_matches_once_and_bad_ones_are_dead_lettered() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    // Give a duplicate a chance to show up, then count again.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every delivery settled, the duplicate of ev-1 included: the consumer stopped and
+    // nothing waits in the work queue. Then the count of Matches is final.
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+    let declared = channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare");
+    assert_eq!(declared.message_count(), 0);
     let again = matches.list(&ListParams::default()).await.expect("list");
     assert_eq!(again.items.len(), 2, "exactly one Match per event id");
 
@@ -131,26 +149,6 @@ async fn events_become_matches_once_and_bad_ones_are_dead_lettered() {
             .any(|r| r.starts_with("the API server refused the Match")),
         "{reasons:?}"
     );
-
-    // Everything was settled: nothing waits in the work queue.
-    let _ = stop_tx.send(());
-    tokio::time::timeout(Duration::from_secs(10), consumer)
-        .await
-        .expect("consumer stops")
-        .unwrap();
-    let declared = channel
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                passive: true,
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("passive declare");
-    assert_eq!(declared.message_count(), 0);
 
     for q in [queue.as_str(), dead.as_str()] {
         let _ = channel.queue_delete(q.into(), Default::default()).await;
