@@ -1,5 +1,6 @@
 //! The custom resources, as Rust types. `crdgen` writes their CRDs to `crds/`.
 
+pub mod backup;
 pub mod conditions;
 pub mod edge;
 pub mod gamefleet;
@@ -7,6 +8,7 @@ pub mod labels;
 pub mod matches;
 pub mod schema;
 
+pub use backup::{RedisBackup, RedisBackupSpec, RedisBackupStatus};
 pub use gamefleet::{GameFleet, GameFleetSpec, GameFleetStatus};
 pub use matches::{Match, MatchPhase, MatchSpec, MatchStatus};
 
@@ -21,6 +23,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("gamefleet.yaml", GameFleet::crd()),
         ("match.yaml", Match::crd()),
+        ("redisbackup.yaml", RedisBackup::crd()),
     ]
 }
 
