@@ -49,6 +49,9 @@ struct Args {
     /// Turn the Match controller off (GameFleets only; its RBAC then needs no Matches).
     #[arg(long, env = "OPERATOR_NO_MATCHES")]
     no_matches: bool,
+    /// Turn the RedisBackup controller off (its RBAC then needs no CronJobs or Secrets).
+    #[arg(long, env = "OPERATOR_NO_BACKUPS")]
+    no_backups: bool,
     /// RabbitMQ: consume matchmaking events and publish allocations (none: Matches come
     /// from elsewhere, e.g. kubectl, and allocations are only in their status).
     #[arg(long, env = "OPERATOR_AMQP_URL", hide_env_values = true)]
@@ -129,6 +132,7 @@ async fn operate(args: Args) -> anyhow::Result<()> {
         poll_concurrency: args.poll_concurrency,
         control_token: args.control_token,
         matches,
+        backups: !args.no_backups,
         ..Config::default()
     };
     run(client, config, tanks_core::telemetry::shutdown_signal()).await

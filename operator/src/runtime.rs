@@ -50,6 +50,8 @@ pub struct Config {
     /// The Match controller (none: GameFleets only). It shares this operator's pod
     /// cache, load reports, resolver and metrics registry, and runs only while leading.
     pub matches: Option<MatchConfig>,
+    /// Run the RedisBackup controller (its RBAC needs CronJobs, Jobs and Secrets).
+    pub backups: bool,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             loads: Arc::default(),
             metrics: Arc::default(),
             matches: None,
+            backups: false,
         }
     }
 }
@@ -251,6 +254,16 @@ pub async fn run(
         })
     });
 
+    let backup_task = config.backups.then(|| {
+        tokio::spawn(crate::backup::controller::run(
+            client.clone(),
+            config.namespace.clone(),
+            metrics.registry.clone(),
+            config.reconciler.identity.clone(),
+            shutdown.clone(),
+        ))
+    });
+
     let controller = controller
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -289,6 +302,9 @@ pub async fn run(
         {
             task.abort();
         }
+    }
+    if let Some(task) = backup_task {
+        task.abort();
     }
     poll_task.abort();
     ready_task.abort();

@@ -1,5 +1,6 @@
 //! The integration tests of `operator`, one binary: each file is one subject.
 
+mod backup;
 mod cel;
 mod common;
 mod gamefleet;
