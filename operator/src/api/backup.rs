@@ -3,6 +3,8 @@
 //! A resource of its own rather than a section of GameFleet: the Redis it backs up
 //! serves the auth server, which belongs to no fleet, and one backup schedule per Redis
 //! must not be repeated (or disagree) across fleets. See docs/operator.md, "Redis backups".
+// Every `printcolumn(..)` repeats `type_ = ..`: that is the macro's syntax.
+#![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
