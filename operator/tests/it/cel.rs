@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use crate::common::*;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use tanks_operator::api::{GameFleet, Match};
+use tanks_operator::api::{GameFleet, Match, RedisBackup};
 
 /// `(kind, field path, message)` of every CEL rule in the CRDs.
 fn rules_in_crds() -> BTreeSet<(String, String, String)> {
@@ -72,9 +72,29 @@ fn valid_match(name: &str) -> Value {
     })
 }
 
+fn valid_backup(name: &str) -> Value {
+    json!({
+        "apiVersion": "tanks.dev/v1alpha1",
+        "kind": "RedisBackup",
+        "metadata": {"name": name},
+        "spec": {
+            "schedule": "0 3 * * *",
+            "retention": 7,
+            "volumeClaim": "redis-backups",
+            "redis": {"host": "redis"},
+        },
+    })
+}
+
 fn cases() -> Vec<Case> {
     use Violation::*;
     let f = |pointer: &str, value: Value| Create(fleet("bad", "x").set(pointer, value).0);
+    let b = |pointer: &str, value: Value| {
+        let mut obj = valid_backup("bad");
+        *obj.pointer_mut(pointer)
+            .expect("a field of the valid backup") = value;
+        Create(obj)
+    };
     let case = |kind, field, message, violation| Case {
         kind,
         field,
@@ -172,6 +192,18 @@ fn cases() -> Vec<Case> {
             "Match spec is immutable",
             Update(json!({"spec": {"players": ["a", "b", "c"]}})),
         ),
+        case(
+            "RedisBackup",
+            "spec.retention",
+            "retention must be at least 1: a backup job must never delete every backup",
+            b("/spec/retention", json!(0)),
+        ),
+        case(
+            "RedisBackup",
+            "spec.schedule",
+            "schedule must be five cron fields (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, @monthly, @yearly",
+            b("/spec/schedule", json!("every day")),
+        ),
     ]
 }
 
@@ -193,6 +225,7 @@ async fn every_cel_rule_rejects_its_violation_with_its_message() {
         let resource = match kind {
             "GameFleet" => ApiResource::erase::<GameFleet>(&()),
             "Match" => ApiResource::erase::<Match>(&()),
+            "RedisBackup" => ApiResource::erase::<RedisBackup>(&()),
             other => panic!("no CRD of kind {other}"),
         };
         Api::namespaced_with(env.client.clone(), &env.ns, &resource)
@@ -222,9 +255,10 @@ async fn every_cel_rule_rejects_its_violation_with_its_message() {
     // Valid objects are accepted; these two are the base of the transition rules.
     let valid = |kind: &str| match kind {
         "GameFleet" => fleet("ok", "x").0,
+        "RedisBackup" => valid_backup("ok"),
         _ => valid_match("ok"),
     };
-    for kind in ["GameFleet", "Match"] {
+    for kind in ["GameFleet", "Match", "RedisBackup"] {
         let obj: DynamicObject = serde_json::from_value(valid(kind)).unwrap();
         api(kind)
             .create(&dry_create, &obj)
@@ -283,8 +317,8 @@ async fn every_cel_rule_rejects_its_violation_with_its_message() {
         assert!(text.contains(expected), "expected {expected:?} in {text}");
     }
 
-    // Nothing above was stored: the dry runs left the two valid objects as they were.
-    for kind in ["GameFleet", "Match"] {
+    // Nothing above was stored: the dry runs left the valid objects as they were.
+    for kind in ["GameFleet", "Match", "RedisBackup"] {
         let names: Vec<String> = api(kind)
             .list(&Default::default())
             .await
