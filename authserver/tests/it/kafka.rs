@@ -126,11 +126,18 @@ async fn every_outcome_is_audited_on_auth_events() {
     assert_eq!(failed["reason"], "wrong_password");
     assert_eq!(logout["token_id"], login_event["token_id"]);
 
-    let text = metrics(&server).await;
-    assert!(
-        text.contains("authserver_events_produced_total{topic=\"auth_events\"} 4"),
-        "{text}"
-    );
+    // The broker's acknowledgements reach the counter after the consumer may already
+    // have read the events: wait for it, with a deadline.
+    let wanted = "authserver_events_produced_total{topic=\"auth_events\"} 4";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics(&server).await;
+        if text.contains(wanted) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{wanted} within 10 s: {text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.shutdown().await;
 }
 
