@@ -652,10 +652,12 @@ fn say(line: &str) {
     say!("[demo] {line}");
 }
 
+/// At most 12 characters of the namespace: with the run's random suffix and the bot's
+/// number a username stays within the auth server's 32 characters.
 fn short(ns: &str) -> String {
     ns.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-        .take(20)
+        .take(12)
         .collect::<String>()
         .trim_end_matches('-')
         .to_lowercase()
