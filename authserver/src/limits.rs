@@ -264,71 +264,6 @@ impl RateLimiter {
     }
 }
 
-/// Connections open per client address, so one address cannot hold every slot of the
-/// global connection cap. IPv6 addresses count per /64, the block one host usually
-/// gets: otherwise a single host could rotate through addresses for free.
-pub struct SourceConnections {
-    max_per_source: usize,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// One open connection's place in [`SourceConnections`]; freed on drop.
-pub struct SourceSlot {
-    source: IpAddr,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl SourceConnections {
-    pub fn new(max_per_source: usize) -> Self {
-        Self {
-            max_per_source: max_per_source.max(1),
-            open: Arc::default(),
-        }
-    }
-
-    /// A slot for a connection from `ip`, or None when its source is at the cap.
-    pub fn try_open(&self, ip: IpAddr) -> Option<SourceSlot> {
-        let source = source_of(ip);
-        let mut open = self.open.lock().expect("sources lock");
-        let count = open.entry(source).or_insert(0);
-        if *count >= self.max_per_source {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            source,
-            open: self.open.clone(),
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.source) {
-            *count -= 1;
-            // Gone at zero: the map holds only sources with open connections.
-            if *count == 0 {
-                open.remove(&self.source);
-            }
-        }
-    }
-}
-
-/// What counts as one source: an IPv4 address (also when IPv4-mapped), or an IPv6 /64.
-pub fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => {
-                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-                IpAddr::V6(prefix.into())
-            }
-        },
-    }
-}
-
 fn redis_key(prefix: &str, bucket: Bucket, key: &str) -> String {
     format!("{prefix}{}:{key}", bucket.tag())
 }
@@ -498,27 +433,6 @@ mod tests {
         assert!(limiter.register_allowed(IP).await.unwrap());
         assert!(limiter.register_allowed(IP).await.unwrap());
         assert!(!limiter.register_allowed(IP).await.unwrap());
-    }
-
-    #[test]
-    fn connections_are_capped_per_source() {
-        let caps = SourceConnections::new(2);
-        let a = caps.try_open(IP).unwrap();
-        let _b = caps.try_open(IP).unwrap();
-        assert!(caps.try_open(IP).is_none());
-        assert!(caps.try_open("127.0.0.2".parse().unwrap()).is_some());
-        // The same host under IPv6 rotating the low 64 bits is one source.
-        let v6 = |s: &str| caps.try_open(s.parse().unwrap());
-        let _c = v6("2001:db8::1").unwrap();
-        let _d = v6("2001:db8::ffff:1").unwrap();
-        assert!(v6("2001:db8::2").is_none());
-        assert!(v6("2001:db8:0:1::1").is_some());
-        drop(a);
-        assert!(
-            caps.try_open(IP).is_some(),
-            "a closed connection frees its slot"
-        );
-        assert!(caps.open.lock().unwrap().len() <= 4);
     }
 
     #[test]

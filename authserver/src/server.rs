@@ -14,7 +14,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, MessageTexts};
 use crate::connection::{self, ConnLimits};
-use crate::limits::{Limits, RateLimiter, SourceConnections};
+use tanks_core::sources::SourceConnections;
+
+use crate::limits::{Limits, RateLimiter};
 use crate::metrics::Metrics;
 use crate::password::Hasher;
 use crate::revocation::Revocations;

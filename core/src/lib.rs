@@ -12,5 +12,6 @@ pub mod events;
 pub mod protocol;
 pub mod rabbit;
 pub mod redis_store;
+pub mod sources;
 pub mod telemetry;
 pub mod token;

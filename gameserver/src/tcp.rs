@@ -6,14 +6,13 @@
 //! address, so one client cannot hold every slot), and each connection is paced to a
 //! number of lines per second (TCP pushes back on the client).
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tanks_core::protocol::auth::{Request, Response};
 use tanks_core::protocol::game::broker::PlayerCommand;
 use tanks_core::protocol::game::tcp::{Line, MAX_LINE, TCP_UNAUTHORIZED, parse_line};
+use tanks_core::sources::SourceConnections;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -125,65 +124,6 @@ fn refuse(mut stream: TcpStream, reply: &'static str, rejects: &Arc<Semaphore>) 
         .await;
         drop(slot);
     });
-}
-
-/// Connections open per client address. IPv6 addresses count per /64, the block one
-/// host usually gets, so rotating the low bits does not buy more slots.
-struct SourceConnections {
-    max_per_source: usize,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-/// One connection's place in [`SourceConnections`]; freed on drop.
-struct SourceSlot {
-    source: IpAddr,
-    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
-}
-
-impl SourceConnections {
-    fn new(max_per_source: usize) -> Self {
-        Self {
-            max_per_source: max_per_source.max(1),
-            open: Arc::default(),
-        }
-    }
-
-    fn try_open(&self, ip: IpAddr) -> Option<SourceSlot> {
-        let source = source_of(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(source).or_insert(0);
-        if *count >= self.max_per_source {
-            return None;
-        }
-        *count += 1;
-        Some(SourceSlot {
-            source,
-            open: self.open.clone(),
-        })
-    }
-}
-
-impl Drop for SourceSlot {
-    fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.source) {
-            *count -= 1;
-            // Gone at zero: the map holds only sources with open connections.
-            if *count == 0 {
-                open.remove(&self.source);
-            }
-        }
-    }
-}
-
-fn source_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-        },
-    }
 }
 
 async fn connection(
@@ -360,33 +300,4 @@ pub async fn ask_auth(addr: &str, request: &Request) -> anyhow::Result<Response>
         .map_err(|_| {
             anyhow::anyhow!("the auth server at {addr} did not answer within {AUTH_TIMEOUT:?}")
         })?
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_are_capped_per_source() {
-        let caps = SourceConnections::new(2);
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let a = caps.try_open(ip("10.0.0.1")).unwrap();
-        let _b = caps.try_open(ip("::ffff:10.0.0.1")).unwrap();
-        assert!(
-            caps.try_open(ip("10.0.0.1")).is_none(),
-            "mapped IPv4 is the same"
-        );
-        assert!(caps.try_open(ip("10.0.0.2")).is_some());
-        let _c = caps.try_open(ip("2001:db8::1")).unwrap();
-        let _d = caps.try_open(ip("2001:db8::2:1")).unwrap();
-        assert!(
-            caps.try_open(ip("2001:db8::3")).is_none(),
-            "one /64 is one source"
-        );
-        drop(a);
-        assert!(
-            caps.try_open(ip("10.0.0.1")).is_some(),
-            "a slot frees on close"
-        );
-    }
 }
