@@ -34,6 +34,8 @@ pub const MSG_TOKEN_REQUIRED: &str = "Token required";
 pub const MSG_BAD_TOKEN: &str = "Invalid or expired token";
 pub const MSG_TOKEN_MISMATCH: &str = "Token does not match player_id";
 pub const MSG_BUSY: &str = "Server busy";
+/// The answer to a bound player's input from a new address.
+pub const MSG_REJOIN: &str = "Not in a game from this address; join again with your token";
 
 /// Most sources the rate limiter tracks.
 const MAX_SOURCES: usize = 200_000;
@@ -241,8 +243,14 @@ impl UdpHandler {
                 self.hot.not_in_game.inc();
                 self.send_status("not_in_game", "message", MSG_NOT_IN_GAME, from);
             }
-            // Someone else's address claiming a token-bound player: say nothing.
-            Err(InputError::WrongSource) => self.metrics.bad("wrong_source"),
+            // A token-bound player's input from another address: an edge reload or a
+            // NAT rebinding moved the player, or someone else claims it. Nothing moves;
+            // the answer (no larger than the datagram, and rate-limited per source
+            // like any) tells a real player to join again with its token.
+            Err(InputError::WrongSource) => {
+                self.metrics.bad("wrong_source");
+                self.send_status("not_in_game", "message", MSG_REJOIN, from);
+            }
         }
     }
 
@@ -291,6 +299,15 @@ impl UdpHandler {
         };
         let outcome = self.lock().join(player_id, from, bound, session_id);
         let reply = match outcome {
+            JoinOutcome::Rebound { session_id, tank } => {
+                self.metrics.command("join", "udp", "rebound");
+                Reply::Joined {
+                    session_id,
+                    tank_id: tank.id.clone(),
+                    initial_state: tank,
+                    tick_rate: self.lock().config().rules.tick_rate,
+                }
+            }
             JoinOutcome::Joined { session_id, tank } => {
                 self.metrics.command("join", "udp", "joined");
                 Reply::Joined {

@@ -14,6 +14,7 @@
 //!
 //! - `registry`: sessions and players come and go: matches created, joins, leaves,
 //!   queued inputs, sessions ended.
+//! - `rejoin`: a player in a session joins again, from a new address with its token.
 //! - `step`: the simulation, one tick at a time: inputs applied, shots fired, whether
 //!   a session is over.
 //! - `wire`: the bytes players receive, `game_update` and `game_over`.
@@ -33,6 +34,7 @@ use crate::rules::Rules;
 mod kafka;
 mod load;
 mod registry;
+mod rejoin;
 mod step;
 #[cfg(test)]
 mod testkit;

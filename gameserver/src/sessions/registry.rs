@@ -18,8 +18,20 @@ use crate::pool::TankIdx;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum JoinOutcome {
-    Joined { session_id: String, tank: TankState },
-    AlreadyInSession { session_id: String, tank_id: String },
+    Joined {
+        session_id: String,
+        tank: TankState,
+    },
+    /// A player in a session joined again with its token from a new address, which
+    /// its inputs now count from (see `rejoin`).
+    Rebound {
+        session_id: String,
+        tank: TankState,
+    },
+    AlreadyInSession {
+        session_id: String,
+        tank_id: String,
+    },
     Failed(&'static str),
 }
 
@@ -168,23 +180,7 @@ impl SessionManager {
         session_hint: Option<&str>,
     ) -> JoinOutcome {
         if let Some(&key) = self.players.get(player_id) {
-            let tick = self.tick;
-            let session = self.sessions[key].as_mut().expect("indexed sessions exist");
-            let player = session
-                .players
-                .iter_mut()
-                .find(|p| p.id == player_id)
-                .expect("indexed players exist");
-            if bound || !player.bound {
-                // A token proves who it is: follow it to its new address (NAT rebinding).
-                player.addr = addr;
-                player.bound |= bound;
-            }
-            player.last_seen = tick;
-            return JoinOutcome::AlreadyInSession {
-                session_id: session.id.clone(),
-                tank_id: self.pool.get(player.tank).id().to_owned(),
-            };
+            return self.rejoin(key, player_id, addr, bound);
         }
         let key = match session_hint {
             Some(id) => match self.by_id.get(id) {

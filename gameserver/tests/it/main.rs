@@ -6,4 +6,5 @@ mod connection_caps;
 mod control;
 mod drain;
 mod fleet_secrets;
+mod rebinding;
 mod seed_protocol;
