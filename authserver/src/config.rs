@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use tanks_core::protocol::auth::Messages;
+use tanks_core::proxy_protocol::TrustedProxies;
 use tanks_core::token::{TokenSigner, is_development_key};
 
 use crate::password::HashParams;
@@ -159,6 +160,22 @@ pub struct Config {
     #[arg(long, env = "AUTH_MAX_MEMORY_USERS", default_value_t = 1_000_000)]
     pub max_memory_users: usize,
 
+    /// Expect a PROXY protocol header (v1 or v2) at the start of every connection from
+    /// --trusted-proxies (the Nginx edge), and take the client's address from it for
+    /// the per-source connection cap, the rate limits and audit events. A trusted
+    /// proxy's connection without a valid header within --read-timeout-secs is
+    /// refused; a header from any other address is refused (anyone could claim any
+    /// address with it); other addresses connect directly as before.
+    #[arg(long, env = "AUTH_PROXY_PROTOCOL", default_value_t = false,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub proxy_protocol: bool,
+
+    /// The addresses allowed to send PROXY headers: comma-separated IP addresses or
+    /// CIDR ranges, e.g. 10.244.0.0/16 (the edge pods' network). Required by, and
+    /// only meaningful with, --proxy-protocol.
+    #[arg(long, env = "AUTH_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedProxies,
+
     /// Seconds to let in-flight requests finish after SIGTERM.
     #[arg(long, env = "AUTH_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -194,6 +211,23 @@ impl Config {
     pub fn check_token_key(&self) -> anyhow::Result<()> {
         let (_, development_key) = self.token_signer()?;
         refuse_development_key(development_key, self.dev).map_err(anyhow::Error::msg)
+    }
+
+    /// Whose PROXY headers are believed, or None without --proxy-protocol; an error
+    /// for the two flags without each other.
+    pub fn proxy_protocol(&self) -> anyhow::Result<Option<TrustedProxies>> {
+        match (self.proxy_protocol, self.trusted_proxies.is_empty()) {
+            (true, false) => Ok(Some(self.trusted_proxies.clone())),
+            (false, true) => Ok(None),
+            (true, true) => anyhow::bail!(
+                "--proxy-protocol needs --trusted-proxies (AUTH_TRUSTED_PROXIES): the \
+                 addresses of the proxies whose headers to believe, e.g. 10.244.0.0/16"
+            ),
+            (false, false) => anyhow::bail!(
+                "--trusted-proxies is set but --proxy-protocol (AUTH_PROXY_PROTOCOL) is \
+                 not: turn it on, or drop --trusted-proxies"
+            ),
+        }
     }
 
     pub fn hash_params(&self) -> HashParams {
@@ -285,6 +319,32 @@ mod tests {
         // A short one is an error naming the variable.
         let err = config.token_signer_with(Some("short".into())).unwrap_err();
         assert!(err.to_string().contains(TOKEN_KEY_ENV), "{err}");
+    }
+
+    #[test]
+    fn proxy_protocol_needs_trusted_proxies_and_the_other_way_round() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["authserver"];
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().proxy_protocol()
+        };
+        if std::env::var_os("AUTH_PROXY_PROTOCOL").is_none()
+            && std::env::var_os("AUTH_TRUSTED_PROXIES").is_none()
+        {
+            assert!(parse(&[]).unwrap().is_none());
+            let err = parse(&["--proxy-protocol"]).unwrap_err().to_string();
+            assert!(err.contains("--trusted-proxies"), "{err}");
+            let err = parse(&["--trusted-proxies", "10.0.0.0/8"])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("--proxy-protocol"), "{err}");
+        }
+        let trusted = parse(&["--proxy-protocol", "--trusted-proxies", "10.0.0.0/8,::1"])
+            .unwrap()
+            .unwrap();
+        assert!(trusted.contains("10.2.3.4".parse().unwrap()));
+        let bad = Config::try_parse_from(["authserver", "--trusted-proxies", "10.0.0.0/99"]);
+        assert!(bad.unwrap_err().to_string().contains("CIDR"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, MessageTexts};
 use crate::connection::{self, ConnLimits};
+use tanks_core::proxy_protocol::{self, TrustedProxies};
 use tanks_core::sources::SourceConnections;
 
 use crate::limits::{Limits, RateLimiter};
@@ -45,6 +46,7 @@ impl Server {
         // First line of the log: what this process runs on, embedded parts named.
         tracing::info!("authserver starting: {}", describe(&config));
 
+        let proxies = config.proxy_protocol()?;
         let metrics = Metrics::new(telemetry::registry("authserver"))?;
         let (signer, development_key) = config.token_signer()?;
         if development_key {
@@ -119,7 +121,8 @@ impl Server {
             service: service.clone(),
             limits,
             max_connections: config.max_connections.clamp(1, Semaphore::MAX_PERMITS),
-            sources: SourceConnections::new(config.max_connections_per_source),
+            sources: Arc::new(SourceConnections::new(config.max_connections_per_source)),
+            proxies,
             grace: Duration::from_secs(config.shutdown_grace_secs),
         };
         let task = tokio::spawn(async move {
@@ -156,7 +159,9 @@ struct Acceptor {
     service: Arc<AuthService>,
     limits: ConnLimits,
     max_connections: usize,
-    sources: SourceConnections,
+    sources: Arc<SourceConnections>,
+    /// With --proxy-protocol: whose headers are believed.
+    proxies: Option<TrustedProxies>,
     grace: Duration,
 }
 
@@ -180,39 +185,12 @@ impl Acceptor {
                 },
             };
             let _ = stream.set_nodelay(true);
-            // The per-source check comes first, so a client at its own cap is told that
-            // rather than taking (and being refused) a global slot.
-            let Some(source) = self.sources.try_open(peer.ip()) else {
-                metrics
-                    .connections_rejected
-                    .with_label_values(&["per_source"])
-                    .inc();
-                let busy = Response::error(
-                    reason::BUSY,
-                    "Too many connections from your address, close some and try again",
-                );
-                refuse(stream, busy, &rejects);
-                continue;
-            };
-            let Ok(permit) = permits.clone().try_acquire_owned() else {
-                metrics
-                    .connections_rejected
-                    .with_label_values(&["limit"])
-                    .inc();
-                let busy = Response::error(reason::BUSY, "Server busy, try again later");
-                refuse(stream, busy, &rejects);
-                continue;
-            };
-            metrics.connections_total.inc();
-            metrics.connections_active.inc();
-            let service = self.service.clone();
-            let limits = self.limits;
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                connection::serve(stream, peer, service.clone(), limits, stop).await;
-                service.metrics.connections_active.dec();
-                drop((permit, source));
-            });
+            match &self.proxies {
+                Some(trusted) if trusted.contains(peer.ip()) => {
+                    self.accept_proxied(stream, peer, &permits, &stop);
+                }
+                _ => self.accept_direct(stream, peer, &permits, &rejects, &stop),
+            }
         }
         drop(self.listener);
         tracing::info!("stopped accepting; waiting for in-flight requests");
@@ -228,6 +206,146 @@ impl Acceptor {
         }
         pump.finish(Duration::from_secs(5)).await;
         tracing::info!("authserver stopped");
+    }
+}
+
+impl Acceptor {
+    /// A client's own connection: its address is the peer's.
+    fn accept_direct(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        permits: &Arc<Semaphore>,
+        rejects: &Arc<Semaphore>,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let metrics = &self.service.metrics;
+        // The per-source check comes first, so a client at its own cap is told that
+        // rather than taking (and being refused) a global slot.
+        let Some(source) = self.sources.try_open(peer.ip()) else {
+            metrics
+                .connections_rejected
+                .with_label_values(&["per_source"])
+                .inc();
+            refuse(stream, busy_source(), rejects);
+            return;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics
+                .connections_rejected
+                .with_label_values(&["limit"])
+                .inc();
+            let busy = Response::error(reason::BUSY, "Server busy, try again later");
+            refuse(stream, busy, rejects);
+            return;
+        };
+        let (service, limits, stop) = (self.service.clone(), self.limits, stop.clone());
+        let expect_no_header = self.proxies.is_some();
+        tokio::spawn(async move {
+            if expect_no_header && opens_with_proxy_header(&stream, limits.idle).await {
+                service
+                    .metrics
+                    .connections_rejected
+                    .with_label_values(&["proxy_untrusted"])
+                    .inc();
+                let refused = Response::error(
+                    reason::BAD_REQUEST,
+                    "PROXY protocol header from an address that is not a trusted proxy",
+                );
+                goodbye(stream, &refused).await;
+                return;
+            }
+            serve(stream, peer, service, limits, stop).await;
+            drop((permit, source));
+        });
+    }
+
+    /// A connection from a trusted proxy: the client's address is in the PROXY header
+    /// it must start with. A global slot is taken first, so connections still sending
+    /// their header count against the cap too; the per-source cap applies to the
+    /// client once the header names it.
+    fn accept_proxied(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        permits: &Arc<Semaphore>,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let metrics = &self.service.metrics;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics
+                .connections_rejected
+                .with_label_values(&["limit"])
+                .inc();
+            // Answered in this connection's own task below would need the slot we do
+            // not have; a non-blocking write and close, as for a flood.
+            let busy = Response::error(reason::BUSY, "Server busy, try again later");
+            let _ = stream.try_write(&busy.to_line());
+            return;
+        };
+        let (service, limits, stop) = (self.service.clone(), self.limits, stop.clone());
+        let sources = self.sources.clone();
+        tokio::spawn(async move {
+            let rejected = |why: &str| {
+                service
+                    .metrics
+                    .connections_rejected
+                    .with_label_values(&[why])
+                    .inc();
+            };
+            let client = match proxy_protocol::read_header(&mut stream, limits.read).await {
+                Ok(header) => header.client_or(peer),
+                Err(e) => {
+                    rejected("proxy_header");
+                    tracing::warn!(%peer, error = %e, "refused a trusted proxy's connection");
+                    let refused = Response::error(
+                        reason::BAD_REQUEST,
+                        format!("A PROXY protocol header is required from this address: {e}"),
+                    );
+                    goodbye(stream, &refused).await;
+                    return;
+                }
+            };
+            let Some(source) = sources.try_open(client.ip()) else {
+                rejected("per_source");
+                goodbye(stream, &busy_source()).await;
+                return;
+            };
+            serve(stream, client, service, limits, stop).await;
+            drop((permit, source));
+        });
+    }
+}
+
+/// Serves one admitted connection, counted while it lasts.
+async fn serve(
+    stream: TcpStream,
+    client: SocketAddr,
+    service: Arc<AuthService>,
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+) {
+    service.metrics.connections_total.inc();
+    service.metrics.connections_active.inc();
+    connection::serve(stream, client, service.clone(), limits, stop).await;
+    service.metrics.connections_active.dec();
+}
+
+fn busy_source() -> Response {
+    Response::error(
+        reason::BUSY,
+        "Too many connections from your address, close some and try again",
+    )
+}
+
+/// Whether a connection's first bytes (waited for up to `wait`) look like a PROXY
+/// header. Only for a clear refusal: a header split over several writes passes as
+/// an invalid request, and is never believed either way.
+async fn opens_with_proxy_header(stream: &TcpStream, wait: Duration) -> bool {
+    let mut first = [0u8; 12];
+    match tokio::time::timeout(wait, stream.peek(&mut first)).await {
+        Ok(Ok(n)) => proxy_protocol::looks_like_header(&first[..n]),
+        _ => false,
     }
 }
 
@@ -294,9 +412,17 @@ fn describe(config: &Config) -> String {
         MessageTexts::Prototype => "messages=prototype",
         MessageTexts::English => "messages=english",
     };
+    let clients = if config.proxy_protocol {
+        format!(
+            "client addresses=PROXY header from {}",
+            config.trusted_proxies
+        )
+    } else {
+        "client addresses=peer".into()
+    };
     let p = config.hash_params();
     format!(
-        "{users}, {events}, {key}, {messages}, argon2id m={}KiB t={} p={} x{} at once",
+        "{users}, {events}, {key}, {messages}, {clients}, argon2id m={}KiB t={} p={} x{} at once",
         p.memory_kib,
         p.iterations,
         p.parallelism,

@@ -115,6 +115,8 @@ fn help_documents_every_flag_and_its_environment_variable() {
         ("--shutdown-grace-secs", "AUTH_SHUTDOWN_GRACE_SECS"),
         ("--dev", "AUTH_DEV"),
         ("--messages", "AUTH_MESSAGES"),
+        ("--proxy-protocol", "AUTH_PROXY_PROTOCOL"),
+        ("--trusted-proxies", "AUTH_TRUSTED_PROXIES"),
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
         assert!(
