@@ -1,5 +1,7 @@
 //! The integration tests of `tests`, one binary: each file is one subject.
 
+mod edge_auth;
+mod edge_nginx;
 mod images;
 mod kafka_roundtrip;
 mod kube_crd;
