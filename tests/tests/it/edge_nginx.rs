@@ -48,6 +48,11 @@ impl Nginx {
         wait_for("nginx's pid file", Duration::from_secs(10), || {
             nginx.dir.join("nginx.pid").exists()
         });
+        for route in &cfg.game {
+            wait_for("nginx's UDP listeners", Duration::from_secs(10), || {
+                udp_bound(route.edge_port)
+            });
+        }
         if let Some(auth) = &cfg.auth {
             let edge = std::net::SocketAddr::from(([127, 0, 0, 1], auth.listen_port));
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -77,10 +82,6 @@ impl Nginx {
     /// The master's worker processes (children), by pid.
     pub fn workers(&self) -> Vec<u32> {
         children_of(self.master.0.id())
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.master.0.id()
     }
 
     pub fn error_log(&self) -> String {
@@ -148,6 +149,19 @@ fn stream_module() -> Option<String> {
     .find(|p| p.exists())
     .unwrap_or_else(|| panic!("nginx has no stream module (install libnginx-mod-stream)"));
     Some(found.display().to_string())
+}
+
+/// Whether a UDP socket is bound to `port` on this host (/proc/net/udp lists local
+/// addresses as `HEXIP:HEXPORT`).
+fn udp_bound(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| {
+        t.lines().skip(1).any(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .is_some_and(|a| format!("{a} ").contains(&needle))
+        })
+    })
 }
 
 fn children_of(parent: u32) -> Vec<u32> {

@@ -2,6 +2,7 @@
 
 mod edge_auth;
 mod edge_nginx;
+mod edge_reload;
 mod images;
 mod kafka_roundtrip;
 mod kube_crd;
