@@ -49,6 +49,22 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         coordinates_every: u64,
     },
+    /// Print an edge nginx.conf (rendered by the operator's `edge::render`) with one
+    /// UDP listener in front of one game server, for `bench/edge.sh`.
+    EdgeConfig {
+        /// The edge's UDP port (on 127.0.0.1).
+        #[arg(long, default_value_t = 39997)]
+        listen: u16,
+        /// The game server's UDP address.
+        #[arg(long, default_value = "127.0.0.1:39999")]
+        upstream: SocketAddr,
+        /// Folder for the pid file and error log.
+        #[arg(long, default_value = "/tmp")]
+        dir: String,
+        /// `load_module` path of the stream module, when nginx does not build it in.
+        #[arg(long)]
+        stream_module: Option<String>,
+    },
     /// Serve the ideal echo baseline.
     Echo {
         #[arg(long, default_value = "127.0.0.1:9998")]
@@ -88,6 +104,15 @@ struct RunArgs {
     /// The server's process id, for its CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Processes between the bots and the server (the edge's nginx master and
+    /// workers), comma-separated: their CPU is reported as `edge_cpu_cores`.
+    #[arg(long, value_delimiter = ',')]
+    edge_pids: Vec<u32>,
+    /// Sign each bot's token with this key (the game server's --token-key-file), so
+    /// bots join bound to their address and re-join after a `not_in_game` (an edge
+    /// reload). Without it bots join without a token.
+    #[arg(long)]
+    token_key_file: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 14)]
     per_session: usize,
     /// A label for the report line.
@@ -109,6 +134,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Echo { addr, seconds } => echo(addr, Duration::from_secs(seconds)),
+        Cmd::EdgeConfig {
+            listen,
+            upstream,
+            dir,
+            stream_module,
+        } => {
+            print!("{}", edge_config(listen, upstream, &dir, stream_module)?);
+            Ok(())
+        }
         Cmd::Run(args) => run(args),
         Cmd::Tickbench {
             players,
@@ -123,6 +157,47 @@ fn main() -> anyhow::Result<()> {
             runtime.block_on(tickbench(players, ticks, coordinates_every))
         }
     }
+}
+
+/// The edge as the operator renders it, one game server behind it, sized for the
+/// bench: every bot comes from 127.0.0.1, so no per-source session cap.
+fn edge_config(
+    listen: u16,
+    upstream: SocketAddr,
+    dir: &str,
+    stream_module: Option<String>,
+) -> anyhow::Result<String> {
+    use tanks_operator::edge::net::Upstream;
+    use tanks_operator::edge::render::{
+        EdgeConfig, GameRoute, Limits, NginxRuntime, UdpPolicy, render,
+    };
+    let cfg = EdgeConfig {
+        runtime: NginxRuntime {
+            load_modules: stream_module.into_iter().collect(),
+            pid: format!("{dir}/nginx.pid"),
+            error_log: format!("{dir}/error.log"),
+            daemon_off: true,
+            listen_address: Some([127, 0, 0, 1].into()),
+        },
+        limits: Limits {
+            worker_processes: 1,
+            worker_connections: 8192,
+        },
+        access: Default::default(),
+        auth: None,
+        udp: UdpPolicy {
+            idle_timeout_seconds: 30,
+            proxy_responses: None,
+            max_sessions_per_source: 0,
+            proxy_protocol: false,
+        },
+        game: vec![GameRoute {
+            server: "bench/gameserver".into(),
+            edge_port: listen,
+            upstream: Upstream::new(&upstream.ip().to_string(), upstream.port())?,
+        }],
+    };
+    Ok(render(&cfg)?.text)
 }
 
 /// The baseline: one reply per `move`, at once, with the game server's syscall
@@ -258,6 +333,8 @@ struct Counts {
     acked: u64,
     within_two_ticks: u64,
     updates: u64,
+    /// `not_in_game` answers that sent a bot back to joining.
+    rejoins: u64,
     samples: Vec<u32>,
 }
 
@@ -267,6 +344,7 @@ impl Counts {
         self.acked += other.acked;
         self.within_two_ticks += other.within_two_ticks;
         self.updates += other.updates;
+        self.rejoins += other.rejoins;
         self.samples.extend(other.samples);
     }
 }
@@ -296,6 +374,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         // Joins spread as 200 per 20 ms in all, shared between the threads.
         joins_per_20ms: (200 / threads).max(1),
         poll: Duration::from_micros(args.poll_us),
+        signer: match &args.token_key_file {
+            Some(path) => Some(tanks_core::token::TokenSigner::from_key_file(Some(path))?.0),
+            None => None,
+        },
     };
     // Bot i goes to thread i % threads, keeping its index for its send offset.
     let mut shares: Vec<Vec<(usize, String)>> = vec![Vec::new(); threads];
@@ -326,6 +408,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_secs(args.warmup));
 
     let server_cpu0 = args.server_pid.and_then(process_cpu);
+    let edge_cpu0 = processes_cpu(&args.edge_pids);
     let self_cpu0 = process_cpu(std::process::id());
     let ticks0 = args.metrics.and_then(|m| tick_histogram(m).ok());
     let events0 = args.metrics.and_then(|m| event_counts(m).ok());
@@ -338,6 +421,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .server_pid
         .and_then(process_cpu)
         .zip(server_cpu0)
+        .map(|(b, a)| b - a);
+    let edge_cpu = processes_cpu(&args.edge_pids)
+        .zip(edge_cpu0)
         .map(|(b, a)| b - a);
     let self_cpu = process_cpu(std::process::id())
         .zip(self_cpu0)
@@ -391,7 +477,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         "events": events,
         "server_cpu_cores": server_cpu.map(|c| round3(c / elapsed)),
         "server_cpu_ms_per_player_second": server_cpu.map(|c| round3(c * 1000.0 / player_seconds)),
+        "edge_cpu_cores": edge_cpu.map(|c| round3(c / elapsed)),
         "load_tool_cpu_cores": self_cpu.map(|c| round3(c / elapsed)),
+        "rejoins": counts.rejoins,
     });
     println!("{report}");
     Ok(())
@@ -418,6 +506,8 @@ struct Plan {
     joins_per_20ms: usize,
     /// Zero: block in `epoll_wait`.
     poll: Duration,
+    /// Signs the bots' tokens, when the server wants them.
+    signer: Option<tanks_core::token::TokenSigner>,
 }
 
 /// Inputs remembered for latency: a ring indexed by seq.
@@ -444,6 +534,8 @@ struct Bot {
     index: usize,
     socket: UdpSocket,
     phase: Phase,
+    /// Its inputs are on the timer heap (from its first `joined` on).
+    scheduled: bool,
     /// `{"id":"tank_7",`: where this bot's own tank starts in a snapshot.
     needle: Vec<u8>,
     x: f64,
@@ -488,6 +580,7 @@ impl BotThread {
                 index,
                 socket,
                 phase: Phase::Waiting,
+                scheduled: false,
                 needle: Vec::new(),
                 x: 100.0,
                 y: 100.0,
@@ -593,8 +686,14 @@ impl BotThread {
 
     fn send_join(&mut self, slot: usize, tries: u8, now: Instant) {
         let bot = &mut self.bots[slot];
-        let join = json!({"action":"join_game","player_id":bot.id}).to_string();
-        let _ = bot.socket.send(join.as_bytes());
+        let join = match &self.plan.signer {
+            Some(signer) => {
+                let (token, _) = signer.issue(&bot.id, Duration::from_secs(3600));
+                json!({"action":"join_game","player_id":bot.id,"token":token})
+            }
+            None => json!({"action":"join_game","player_id":bot.id}),
+        };
+        let _ = bot.socket.send(join.to_string().as_bytes());
         bot.phase = Phase::Joining { tries, at: now };
     }
 
@@ -647,12 +746,19 @@ impl BotThread {
         let datagram = &self.buf[..n];
         match bot.phase {
             Phase::Joining { .. } => {
-                if bot.joined(datagram) {
+                // A bot joining again after `not_in_game` keeps its input schedule.
+                if bot.joined(datagram) && !std::mem::replace(&mut bot.scheduled, true) {
                     joined.fetch_add(1, Ordering::Relaxed);
                     // Spread bots over the period so their inputs do not all land at once.
                     let offset = self.plan.period.mul_f64((bot.index % 97) as f64 / 97.0);
                     self.due.push(Reverse((now + offset, slot)));
                 }
+            }
+            // The server no longer takes this bot's inputs from this address (an
+            // edge reload moved its flow): join again, with the token.
+            Phase::Playing if datagram.starts_with(br#"{"status":"not_in_game""#) => {
+                self.counts.rejoins += 1;
+                self.send_join(slot, 1, now);
             }
             Phase::Playing => {
                 if measuring {
@@ -737,6 +843,14 @@ fn find_ack(snapshot: &[u8], needle: &[u8]) -> Option<u64> {
     let digits: &[u8] = &entry[at..];
     let len = digits.iter().take_while(|b| b.is_ascii_digit()).count();
     std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
+}
+
+/// The summed CPU time of `pids`, or None without any.
+fn processes_cpu(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    Some(pids.iter().filter_map(|&p| process_cpu(p)).sum())
 }
 
 /// utime + stime of a process, in seconds.
