@@ -238,6 +238,13 @@ impl Bots {
                     if contains(bytes, b"\"game_over\"") {
                         break true;
                     }
+                    // The server took an input from an address it no longer knows us
+                    // by (an edge reload moved our flow): join again with the token;
+                    // its `joined` answer is just another datagram here.
+                    if bytes.starts_with(br#"{"status":"not_in_game""#) {
+                        socket.send(join.as_bytes()).await?;
+                        continue;
+                    }
                     if step.is_multiple_of(10) && contains(bytes, b"\"game_update\"")
                         && let Ok(v) = serde_json::from_slice::<Value>(bytes)
                         && let Some(me) = v["tanks"].as_array().into_iter().flatten().find(|t| t["id"] == tank.as_str())
