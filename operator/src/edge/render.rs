@@ -81,7 +81,8 @@ pub struct AuthRoute {
     /// The auth server's addresses (its Service's cluster IP, or its pods).
     pub upstreams: Vec<Upstream>,
     /// Send the PROXY protocol v1 header upstream, so the auth server sees the
-    /// client's address.
+    /// client's address; the auth server must then run with `--proxy-protocol` and
+    /// the edge's addresses in `--trusted-proxies`.
     pub proxy_protocol: bool,
     /// Concurrent connections from one address; 0: no limit.
     pub max_connections_per_source: u32,
@@ -100,8 +101,9 @@ pub struct UdpPolicy {
     pub proxy_responses: Option<u32>,
     /// Concurrent UDP sessions from one address across all game listeners; 0: none.
     pub max_sessions_per_source: u32,
-    /// Prepend the PROXY v1 header to the first datagram of each session (see
-    /// docs/operator.md: the game server must strip it).
+    /// Prepend the PROXY v1 header to the first datagram of each session. The game
+    /// server does not read it (players are their token, see docs/operator.md,
+    /// "Client addresses"): leave it off.
     pub proxy_protocol: bool,
 }
 

@@ -140,7 +140,11 @@ impl Bot {
             return;
         }
         self.seq += 1;
-        let dx = if self.seq.is_multiple_of(2) { 4.0 } else { -4.0 };
+        let dx = if self.seq.is_multiple_of(2) {
+            4.0
+        } else {
+            -4.0
+        };
         let input = json!({"action":"move","player_id":self.id,
             "position":[self.spawn[0] + dx, self.spawn[1]],"seq":self.seq});
         if self.socket.send(input.to_string().as_bytes()).is_ok() {

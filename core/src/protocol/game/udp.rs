@@ -3,8 +3,8 @@
 //!
 //! | action       | fields                                             | answer                                   |
 //! |--------------|----------------------------------------------------|------------------------------------------|
-//! | `join_game`  | `player_id`, optional `token`, `session_id`        | `joined` / `join_failed` / `already_in_session` |
-//! | `move`       | `player_id`, `position: [x, y]`, optional `seq`    | none; the next `game_update` shows it    |
+//! | `join_game`  | `player_id`, optional `token`, `session_id`        | `joined` / `join_failed` / `already_in_session` (`joined` also when a token moves a player to a new address) |
+//! | `move`       | `player_id`, `position: [x, y]`, optional `seq`    | none; the next `game_update` shows it; `not_in_game` from an address the player is not bound to (join again) |
 //! | `shoot`      | `player_id`, optional `target` (a tank id), `seq`  | none; the next `game_update` shows it    |
 //! | `leave_game` | `player_id`                                        | `left_game` / `not_in_game`              |
 //!
