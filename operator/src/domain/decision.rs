@@ -114,6 +114,7 @@ mod tests {
             sessions,
             players: 0,
             evictable: Some(sessions == 0),
+            holds_match: false,
         }
     }
 

@@ -101,6 +101,9 @@ pub struct Server {
     pub players: u32,
     /// The value of its safe-to-evict annotation now.
     pub evictable: Option<bool>,
+    /// A match has been allocated on it that its last report may not list yet: not
+    /// evictable, whatever the report says.
+    pub holds_match: bool,
 }
 
 impl Server {
@@ -233,7 +236,7 @@ pub fn plan(
             _ => {}
         }
         if s.stays() || s.state == ServerState::Draining {
-            let want = !s.busy();
+            let want = !s.busy() && !s.holds_match;
             if s.evictable != Some(want) {
                 plan.evictable.push((s.name.clone(), want));
             }
@@ -376,6 +379,7 @@ mod tests {
             sessions: 0,
             players: 0,
             evictable: Some(true),
+            holds_match: false,
         }
     }
 
@@ -561,6 +565,18 @@ mod tests {
         s.evictable = Some(true);
         let p = plan(&[s, srv("b")], 2, &ROLL, Placement::Packed);
         assert_eq!(p.evictable, [("a".to_owned(), false)]);
+    }
+
+    #[test]
+    fn a_server_holding_a_match_its_report_misses_stays_not_evictable() {
+        let mut s = srv("a");
+        s.evictable = Some(false);
+        s.holds_match = true;
+        let p = plan(&[s.clone()], 1, &ROLL, Placement::Packed);
+        assert!(p.evictable.is_empty(), "{:?}", p.evictable);
+        s.holds_match = false;
+        let p = plan(&[s], 1, &ROLL, Placement::Packed);
+        assert_eq!(p.evictable, [("a".to_owned(), true)]);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The Match controller. One reconcile per Match, by phase:
 //!
 //! - `Pending`: reserve a slot in the [`AllocationView`], ask that game server for the
-//!   session, publish the result for the matchmaker, write `Allocated` with the endpoint.
+//!   session, mark its pod not evictable (unless it already is, busy), publish the result
+//!   for the matchmaker, write `Allocated` with the endpoint.
 //!   No room: stay `Pending` (counted for fleet scaling) and look again shortly; `Failed`
 //!   once `pendingTimeout` has passed.
 //! - `Allocated` / `Running`: follow the server's load report: `Running` once players are
@@ -10,7 +11,8 @@
 //! - `Finished` / `Failed`: deleted after the TTL.
 //!
 //! One status write per transition (a JSON Patch replacing the whole status): an
-//! allocation costs the API server exactly the create (by the consumer) and this patch.
+//! allocation costs the API server the create (by the consumer), this patch, and, on a
+//! server that was empty, one pod patch (the safe-to-evict mark).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +39,7 @@ use crate::matches::publish::AllocationPublisher;
 use crate::matches::view::AllocationView;
 use crate::metrics::Metrics;
 use crate::servers::address::game_endpoint;
-use crate::servers::{EndpointResolver, LoadIndex, ServerClient, ServerError};
+use crate::servers::{EndpointResolver, LoadIndex, ServerClient, ServerError, eviction};
 
 /// Field manager of Match status writes.
 pub const MANAGER: &str = "tanks-operator-match";
@@ -270,6 +272,7 @@ async fn allocate(m: &Match, ctx: &MatchContext) -> Result<Action> {
         let Some(session) = open_session(m, ctx, &target).await? else {
             continue;
         };
+        protect(m, ctx, &target).await?;
         publish(m, ctx, &target, &session).await?;
         write_allocated(m, ctx, target, session).await?;
         ctx.match_metrics
@@ -294,6 +297,9 @@ struct Target {
     base: String,
     /// Where players join.
     endpoint: (String, u16),
+    /// Its pod is marked not evictable and its report lists sessions, so the GameFleet
+    /// controller keeps it so: no mark to write.
+    protected: bool,
 }
 
 enum Reserved {
@@ -323,6 +329,12 @@ fn reserve(m: &Match, ctx: &MatchContext, strategy: Strategy) -> Reserved {
         .and_then(|p| Some(((ctx.resolver)(p)?, game_endpoint(p)?)));
     match reached {
         Some((base, endpoint)) => Reserved::Server(Target {
+            protected: pod.as_deref().and_then(eviction::evictable) == Some(false)
+                && ctx
+                    .loads
+                    .get(&key)
+                    .and_then(|e| e.report)
+                    .is_some_and(|r| r.sessions > 0),
             key,
             server,
             base,
@@ -383,6 +395,21 @@ async fn open_session(
             Err(Error::Session(e))
         }
     }
+}
+
+/// Marks the target's pod not evictable before anyone hears of the endpoint: the cluster
+/// autoscaler must not take a server players are about to join. The GameFleet controller
+/// would mark it only once a load report lists the session (up to a poll later). A
+/// failure retries the whole step, like [`publish`] (the session call is idempotent).
+async fn protect(m: &Match, ctx: &MatchContext, target: &Target) -> Result<()> {
+    if target.protected {
+        return Ok(());
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    let step = Instant::now();
+    eviction::mark(&api, &target.server, false).await?;
+    ctx.match_metrics.observe_step("protect", step);
+    Ok(())
 }
 
 /// Tells the matchmaker (when there is a broker). Before the status: a failure here

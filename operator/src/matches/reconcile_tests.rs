@@ -52,10 +52,13 @@ impl ServerClient for Sessions {
     }
 }
 
-fn pod(name: &str, host_ip: &str, port: u16) -> Pod {
+/// A fleet's pod, with the safe-to-evict mark the GameFleet controller keeps: `"false"`
+/// while it is busy.
+fn pod(name: &str, host_ip: &str, port: u16, busy: bool) -> Pod {
     serde_json::from_value(json!({
         "metadata": {"name": name, "namespace": "ns", "labels": {"tanks.dev/fleet": "tanks"},
-                     "annotations": {"tanks.dev/game-port": port.to_string()}},
+                     "annotations": {"tanks.dev/game-port": port.to_string(),
+                                     crate::api::labels::SAFE_TO_EVICT: (!busy).to_string()}},
         "spec": {"containers": [{"name": "game"}]},
         "status": {"phase": "Running", "hostIP": host_ip, "podIP": "10.1.0.1"},
     }))
@@ -111,6 +114,8 @@ enum Expect {
     /// A status write; the check sees the status it writes.
     Status(StatusCheck),
     Delete,
+    /// The safe-to-evict mark of this pod set to `"false"`.
+    Protect(&'static str),
 }
 
 /// One reconcile of one Match: the game servers as (name, host IP, host port, load
@@ -156,6 +161,11 @@ impl Scenario {
         self
     }
 
+    fn protects(mut self, pod: &'static str) -> Self {
+        self.requests.push(Expect::Protect(pod));
+        self
+    }
+
     fn deletes(mut self) -> Self {
         self.requests.push(Expect::Delete);
         self
@@ -167,7 +177,8 @@ impl Scenario {
         let (pods, mut writer) = kube::runtime::reflector::store();
         let loads = Arc::new(LoadIndex::default());
         for (name, ip, port, report) in self.servers {
-            writer.apply_watcher_event(&watcher::Event::Apply(pod(name, ip, port)));
+            let busy = report.sessions > 0;
+            writer.apply_watcher_event(&watcher::Event::Apply(pod(name, ip, port, busy)));
             loads.set(&format!("ns/{name}"), report);
         }
         let (fleets, _) = kube::runtime::reflector::store();
@@ -216,12 +227,27 @@ async fn play_api_server(mut handle: ApiHandle, requests: Vec<Expect>, reply: Va
             .expect("the reconcile made no further request")
             .expect("service dropped");
         let (method, path) = match &expected {
-            Expect::Status(_) => (Method::PATCH, STATUS_PATH),
-            Expect::Delete => (Method::DELETE, MATCH_PATH),
+            Expect::Status(_) => (Method::PATCH, STATUS_PATH.to_owned()),
+            Expect::Delete => (Method::DELETE, MATCH_PATH.to_owned()),
+            Expect::Protect(pod) => (Method::PATCH, format!("/api/v1/namespaces/ns/pods/{pod}")),
         };
         assert_eq!(request.method(), method);
         assert_eq!(request.uri().path(), path);
         let bytes = request.into_body().collect_bytes().await.unwrap();
+        if let Expect::Protect(pod) = expected {
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            assert_eq!(
+                body["metadata"]["annotations"][crate::api::labels::SAFE_TO_EVICT],
+                "false"
+            );
+            let patched = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod}});
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&patched).unwrap()))
+                    .unwrap(),
+            );
+            continue;
+        }
         if let Expect::Status(check) = expected {
             // A status write is a JSON Patch replacing /status: check the status it makes.
             let body: Value = serde_json::from_slice(&bytes).unwrap();
@@ -279,11 +305,26 @@ async fn a_pending_match_goes_to_the_busiest_server_with_room() {
 }
 
 #[tokio::test]
+async fn an_empty_server_is_marked_not_evictable_before_the_status_says_allocated() {
+    // The request order is the test: the pod's mark, then the status.
+    let ran = Scenario::of(a_match("m1", 1, None))
+        .server("empty", "10.0.0.1", 7001, report(&[], 2, false))
+        .protects("empty")
+        .writes_status(|status| assert_eq!(status["phase"], "Allocated"))
+        .run()
+        .await;
+    ran.result.unwrap();
+    let steps = &ran.ctx.match_metrics.allocation_step;
+    assert_eq!(steps.with_label_values(&["protect"]).get_sample_count(), 1);
+}
+
+#[tokio::test]
 async fn a_refusing_server_is_skipped_for_the_next() {
     let ran = Scenario::of(a_match("m1", 1, None))
         .server("a", "10.0.0.1", 7001, report(&["x"], 4, false))
         .server("b", "10.0.0.2", 7002, report(&[], 4, false))
         .refusing("a")
+        .protects("b")
         .writes_status(|status| assert_eq!(status["gameServer"], "b"))
         .run()
         .await;

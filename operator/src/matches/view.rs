@@ -428,6 +428,12 @@ impl AllocationView {
             .collect()
     }
 
+    /// Whether a match holds a slot on `server` (`namespace/pod`): reserved, allocated,
+    /// or not yet seen ended.
+    pub fn holds_match(&self, server: &str) -> bool {
+        self.lock().on_server.contains_key(server)
+    }
+
     /// Every match holding a slot, with its server key.
     pub fn assignments(&self) -> Vec<(String, String)> {
         self.lock()

@@ -6,20 +6,19 @@ use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use tanks_core::protocol::control::LoadReport;
 use tracing::{info, warn};
 
-use super::{Context, EVICT_MANAGER, pods};
+use super::{Context, pods};
+use crate::api::GameFleet;
 use crate::api::gamefleet::PortKind;
-use crate::api::{GameFleet, labels};
 use crate::domain::fleet::{Plan, Removal, RemoveReason};
 use crate::domain::ports::PortAllocator;
 use crate::error::Result;
-use crate::servers::LoadIndex;
 use crate::servers::address::host_port;
+use crate::servers::{LoadIndex, eviction};
 
 /// What acting on a plan did.
 #[derive(Debug, Default)]
@@ -231,16 +230,13 @@ async fn create_pods(
 /// Marks busy servers not evictable and empty ones evictable (cluster autoscaler).
 async fn mark_evictable(api: &Api<Pod>, changes: &[(String, bool)], ctx: &Context) {
     futures::stream::iter(changes)
-        .for_each_concurrent(ctx.settings.create_concurrency.max(1), |(name, evictable)| async move {
-            let patch = json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "annotations": {labels::SAFE_TO_EVICT: evictable.to_string()}},
-            });
-            let pp = PatchParams::apply(EVICT_MANAGER).force();
-            if let Err(e) = api.patch(name, &pp, &Patch::Apply(patch)).await {
-                warn!(pod = %name, error = %e, "marking safe-to-evict");
-            }
-        })
+        .for_each_concurrent(
+            ctx.settings.create_concurrency.max(1),
+            |(name, evictable)| async move {
+                if let Err(e) = eviction::mark(api, name, *evictable).await {
+                    warn!(pod = %name, error = %e, "marking safe-to-evict");
+                }
+            },
+        )
         .await;
 }

@@ -38,8 +38,6 @@ use expectations::{Expectations, PortReservations};
 use observe::{Observed, fleet_key};
 
 pub const FINALIZER: &str = "tanks.dev/drain-servers";
-/// Field manager of the safe-to-evict annotation (its own, so it never fights others).
-pub const EVICT_MANAGER: &str = "tanks-operator-evict";
 
 /// Tunables of the reconciler.
 #[derive(Debug, Clone)]
@@ -80,8 +78,9 @@ pub struct Context {
     pub stabilizers: Mutex<HashMap<String, Stabilizer>>,
     pub ports: Mutex<PortReservations>,
     pub settings: Settings,
-    /// Matches waiting for room, by fleet: demand the fleet scales for (none when the
-    /// Match controller is off).
+    /// The Match controller's allocation view (none when it is off): Matches waiting for
+    /// room, by fleet, are demand the fleet scales for; a server holding a match stays
+    /// not evictable before its report lists the session.
     pub pending_matches: Option<Arc<AllocationView>>,
 }
 

@@ -18,7 +18,7 @@ use crate::domain::fleet::{
     self, CountOrPercent, HealthPolicy, Observation, Placement, RolloutPolicy, Server,
 };
 use crate::domain::scaling::{Buffer, ScalingPolicy};
-use crate::servers::{LoadIndex, ownership};
+use crate::servers::{LoadIndex, eviction, ownership};
 
 /// A fleet's pods and what the decision reads of them.
 pub struct Observed {
@@ -31,7 +31,12 @@ pub struct Observed {
 
 pub fn observe(fleet: &GameFleet, ctx: &Context, hash: &str, health: &HealthPolicy) -> Observed {
     let pods = fleet_pods(fleet, ctx);
-    let servers = classify_all(&pods, hash, health, &ctx.loads);
+    let mut servers = classify_all(&pods, hash, health, &ctx.loads);
+    if let Some(view) = &ctx.pending_matches {
+        for (pod, server) in pods.iter().zip(&mut servers) {
+            server.holds_match = view.holds_match(&LoadIndex::key(pod));
+        }
+    }
     let pending_sessions = ctx.pending_matches.as_ref().map_or(0, |view| {
         view.pending(&fleet.namespace().unwrap_or_default(), &fleet.name_any())
     });
@@ -110,10 +115,8 @@ pub fn classify(pod: &Pod, hash: &str, health: &HealthPolicy, loads: &LoadIndex)
         state: fleet::classify(&obs, health),
         sessions: report.sessions,
         players: report.players,
-        evictable: pod
-            .annotations()
-            .get(labels::SAFE_TO_EVICT)
-            .map(|v| v == "true"),
+        evictable: eviction::evictable(pod),
+        holds_match: false,
     }
 }
 

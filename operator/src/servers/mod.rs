@@ -3,6 +3,7 @@
 //! - [`address`]: where a pod's control interface and game port are reached;
 //! - [`client`]: the one HTTP client of the control interface (load, drain, sessions)
 //!   and its one error type;
+//! - [`eviction`]: the cluster autoscaler's safe-to-evict mark on a server's pod;
 //! - [`loads`]: the last load report of every server;
 //! - [`ownership`]: which pods the operator talks to (those a fleet it owns controls);
 //! - [`poller`]: polls every running server into [`loads`] and wakes the fleets whose
@@ -13,6 +14,7 @@
 
 pub mod address;
 pub mod client;
+pub mod eviction;
 pub mod loads;
 pub mod ownership;
 pub mod poller;
