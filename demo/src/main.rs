@@ -286,7 +286,9 @@ async fn run(
             nodes: plan.nodes.clone(),
             bin_dirs: vec![bin_dir.clone()],
             log_dir: run_dir.join("pods"),
+            state_dir: run_dir.join("pod-state"),
             max_pods: 1,
+            ..RunnerConfig::default()
         },
         runner_stopped,
     ));

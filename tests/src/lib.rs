@@ -6,8 +6,11 @@
 
 pub mod fake_servers;
 pub mod namespace;
-pub mod pod_runner;
 pub mod process;
+
+/// The kubelet stand-in, now a product crate of its own (`podrunner/`); kept under
+/// this name for the tests and the demo.
+pub use tanks_pod_runner as pod_runner;
 
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
@@ -57,6 +60,15 @@ pub async fn kube_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::C
         .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(raw, &Default::default()).await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// How pods run by the pod runner reach the API server of `kubeconfig` (see
+/// [`pod_runner::ApiAccess`]): its pods with a service-account token get a kubeconfig.
+pub async fn pod_api_access(kubeconfig: &std::path::Path) -> anyhow::Result<pod_runner::ApiAccess> {
+    let raw = kube::config::Kubeconfig::read_from(kubeconfig)
+        .map_err(|e| anyhow::anyhow!("reading kubeconfig {}: {e}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(raw, &Default::default()).await?;
+    Ok(pod_runner::ApiAccess::from_config(&config))
 }
 
 /// Applies CRDs by server-side apply and waits until the API server serves them.

@@ -18,7 +18,7 @@ const IMAGES: [&str; 5] = [
     "authserver",
     "gameserver",
     "operator",
-    "pod-runner",
+    "tanks-pod-runner",
     "demo-bot",
 ];
 const LABELS: [&str; 5] = ["title", "description", "source", "version", "revision"];

@@ -73,7 +73,7 @@ fn tail(path: &Path, lines: usize) -> String {
 
 /// Polls `probe` every 100 ms until it yields a value; after `limit`, fails naming what
 /// was awaited and the last thing seen.
-async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -268,7 +268,9 @@ async fn a_bot_plays_a_match_the_operator_allocated_on_a_real_game_server() {
                     .to_owned(),
             ],
             log_dir: dir.join("pods"),
+            state_dir: dir.join("pod-state"),
             max_pods: 10,
+            ..RunnerConfig::default()
         },
         runner_stopped,
     ));
