@@ -6,6 +6,9 @@
 // Every `printcolumn(..)` repeats `type_ = ..`: that is the macro's syntax.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Toleration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -89,6 +92,14 @@ pub struct RedisBackupSpec {
     #[serde(default = "default_history")]
     #[schemars(range(min = 1, max = 100))]
     pub failed_jobs_history_limit: i32,
+
+    /// Nodes the backup pods may run on (the ones that can attach the volume, say).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// Taints the backup pods tolerate (a dedicated node pool's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
 }
 
 /// The Redis to snapshot.

@@ -120,6 +120,8 @@ pub fn render(backup: &RedisBackup) -> Result<CronJob, String> {
             ..Default::default()
         }]),
         automount_service_account_token: Some(false),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         ..Default::default()
     };
     let job = JobSpec {
