@@ -5,6 +5,7 @@ mod edge_limits;
 mod edge_nginx;
 mod edge_reload;
 mod images;
+mod install;
 mod kafka_roundtrip;
 mod kube_crd;
 mod main_job;

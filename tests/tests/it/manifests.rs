@@ -8,14 +8,14 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the workspace")
         .to_path_buf()
 }
 
-fn kubectl(args: &[&str]) -> Output {
+pub(crate) fn kubectl(args: &[&str]) -> Output {
     Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(tanks_testkit::kubeconfig())
@@ -26,7 +26,7 @@ fn kubectl(args: &[&str]) -> Output {
 }
 
 /// `kubectl ARGS`, which must succeed; its stdout.
-fn kubectl_ok(args: &[&str]) -> String {
+pub(crate) fn kubectl_ok(args: &[&str]) -> String {
     let out = kubectl(args);
     assert!(
         out.status.success(),
@@ -39,7 +39,7 @@ fn kubectl_ok(args: &[&str]) -> String {
 }
 
 /// The install's secrets, as an install makes them (kept when they exist).
-fn gen_secrets() {
+pub(crate) fn gen_secrets() {
     let status = Command::new(repo().join("hack/gen-secrets"))
         .status()
         .expect("hack/gen-secrets runs");
@@ -47,21 +47,21 @@ fn gen_secrets() {
 }
 
 /// The documents of a multi-document YAML stream.
-fn documents(yaml: &str) -> Vec<&str> {
+pub(crate) fn documents(yaml: &str) -> Vec<&str> {
     yaml.split("\n---\n")
         .map(str::trim)
         .filter(|d| !d.is_empty())
         .collect()
 }
 
-fn kind_of(doc: &str) -> &str {
+pub(crate) fn kind_of(doc: &str) -> &str {
     doc.lines()
         .find_map(|l| l.strip_prefix("kind: "))
         .unwrap_or_default()
 }
 
 /// `to` relative to `from` (kustomize takes no absolute resource paths).
-fn relative(from: &Path, to: &Path) -> PathBuf {
+pub(crate) fn relative(from: &Path, to: &Path) -> PathBuf {
     let from: Vec<Component> = from.components().collect();
     let to: Vec<Component> = to.components().collect();
     let common = from.iter().zip(&to).take_while(|(a, b)| a == b).count();
