@@ -149,6 +149,48 @@ fn run_rendered_job(backup: &RedisBackup, dir: &Path, password: &str) -> std::pr
         .unwrap()
 }
 
+/// Users registered through the real auth server on the Redis at `port`.
+fn register_users(auth_port: u16, count: usize, prefix: &str) -> Vec<(String, String)> {
+    let users: Vec<(String, String)> = (0..count)
+        .map(|i| {
+            (
+                format!("{prefix}_{i}"),
+                format!("pw-{i}-{}", uuid::Uuid::new_v4().simple()),
+            )
+        })
+        .collect();
+    for (u, p) in &users {
+        let r = auth(auth_port, "register", u, p);
+        assert_eq!(r["status"], "success", "register {u}: {r}");
+    }
+    users
+}
+
+/// The documented restore: `tanks-redis-restore` into an empty folder, a fresh Redis
+/// on it, and every user logs in through a fresh auth server (a wrong password does not).
+fn restore_and_log_in(backup: &Path, dir: &Path, password: &str, users: &[(String, String)]) {
+    let out = Command::new(scripts().join("tanks-redis-restore"))
+        .arg(backup)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "restore: {out:?}");
+    let new_port = free_port();
+    let _fresh = redis_server(dir, new_port, password);
+    // The documented second step: a fresh AOF from the restored data.
+    assert_eq!(
+        redis_cli(new_port, password, &["CONFIG", "SET", "appendonly", "yes"]),
+        "OK"
+    );
+    let (_auth, auth_port) = authserver(new_port, password);
+    for (u, p) in users {
+        let r = auth(auth_port, "login", u, p);
+        assert_eq!(r["status"], "success", "login {u} after restore: {r}");
+    }
+    let r = auth(auth_port, "login", &users[0].0, "not-the-password");
+    assert_eq!(r["status"], "failure", "{r}");
+}
+
 #[test]
 fn a_backup_restores_into_a_fresh_redis_where_every_user_logs_in() {
     let root = std::env::temp_dir().join(tanks_testkit::unique("redis-backup"));
@@ -164,18 +206,7 @@ fn a_backup_restores_into_a_fresh_redis_where_every_user_logs_in() {
     let src_port = free_port();
     let src = redis_server(&src_dir, src_port, password);
     let (auth_a, auth_port) = authserver(src_port, password);
-    let users: Vec<(String, String)> = (0..12)
-        .map(|i| {
-            (
-                format!("restore_user_{i}"),
-                format!("pw-{i}-{}", uuid::Uuid::new_v4().simple()),
-            )
-        })
-        .collect();
-    for (u, p) in &users {
-        let r = auth(auth_port, "register", u, p);
-        assert_eq!(r["status"], "success", "register {u}: {r}");
-    }
+    let users = register_users(auth_port, 12, "restore_user");
 
     // Three runs with retention 2: each verified, the oldest pruned.
     let backup = spec_backup("auth-redis", "tanks", src_port);
@@ -213,26 +244,7 @@ fn a_backup_restores_into_a_fresh_redis_where_every_user_logs_in() {
     drop(auth_a);
     drop(src);
 
-    let out = Command::new(scripts().join("tanks-redis-restore"))
-        .arg(&newest)
-        .arg(&restored)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "restore: {out:?}");
-    let new_port = free_port();
-    let _fresh = redis_server(&restored, new_port, password);
-    // The documented second step: a fresh AOF from the restored data.
-    assert_eq!(
-        redis_cli(new_port, password, &["CONFIG", "SET", "appendonly", "yes"]),
-        "OK"
-    );
-    let (_auth_b, auth_port) = authserver(new_port, password);
-    for (u, p) in &users {
-        let r = auth(auth_port, "login", u, p);
-        assert_eq!(r["status"], "success", "login {u} after restore: {r}");
-    }
-    let r = auth(auth_port, "login", &users[0].0, "not-the-password");
-    assert_eq!(r["status"], "failure", "{r}");
+    restore_and_log_in(&newest, &restored, password, &users);
 
     // A corrupted backup is refused by the restore command.
     let bad = restored.join("corrupt.rdb");
@@ -412,4 +424,210 @@ async fn the_cronjob_is_created_updated_and_collected_and_bad_specs_are_reported
     let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
     delete_namespace(&client, &ns).await;
     let _ = cj.name_any();
+}
+
+/// The CronJob's Job run for real: `kubectl create job --from=cronjob/...` (the Job the
+/// schedule would make), the scheduler binding its pod to a pod-runner node, the pod
+/// runner executing the shipped script (image `tanks/redis-backup` → backup/) with
+/// the claim as a host folder; then the snapshot on the claim, the RedisBackup status
+/// and the metric from that Job, and a restore from that very snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_the_cronjob_runs_on_the_pod_runner_and_reaches_the_status() {
+    use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+    use tanks_testkit::pod_runner::{self, RunnerConfig, RunnerNode};
+
+    let client = client().await;
+    apply_crds(&client).await;
+    let ns = namespace(&client, "op-backup-run").await;
+    let root = std::env::temp_dir().join(&ns);
+    let (src_dir, restored) = (root.join("src"), root.join("restored"));
+    for d in [&src_dir, &restored] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+
+    // A real Redis holding users registered through the real auth server.
+    let password = "backup-run-password";
+    let src_port = free_port();
+    let _src = redis_server(&src_dir, src_port, password);
+    let (_auth, auth_port) = authserver(src_port, password);
+    let users = register_users(auth_port, 5, "job_user");
+
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "redis-auth"}, "stringData": {"password": password}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "redis-backups"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }))
+    .unwrap();
+    claims.create(&PostParams::default(), &claim).await.unwrap();
+
+    // One runner node, tainted so that only this test's pods land on it.
+    let node = RunnerNode {
+        name: format!("{ns}-node"),
+        address: std::net::Ipv4Addr::new(127, 0, 3, (std::process::id() % 200 + 20) as u8),
+    };
+    let taint = format!("tanks.dev/test-group={ns}:NoSchedule");
+    let (stop_runner, runner_stopped) = tokio::sync::watch::channel(false);
+    let runner = tokio::spawn(pod_runner::run(
+        client.clone(),
+        RunnerConfig {
+            nodes: vec![node.clone()],
+            images: vec![
+                format!("tanks/redis-backup={}", scripts().display())
+                    .parse()
+                    .unwrap(),
+            ],
+            log_dir: root.join("pods"),
+            state_dir: root.join("runner"),
+            node_taints: vec![taint.parse().unwrap()],
+            provision_claims: true,
+            max_pods: 4,
+            ..RunnerConfig::default()
+        },
+        runner_stopped,
+    ));
+
+    let registry = prometheus::Registry::new();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = tokio::spawn(tanks_operator::backup::controller::run(
+        client.clone(),
+        Some(ns.clone()),
+        registry.clone(),
+        "it".into(),
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut backup = serde_json::to_value(spec_backup("auth-redis", &ns, src_port)).unwrap();
+    backup["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": node.name});
+    backup["spec"]["tolerations"] = json!([{"key": "tanks.dev/test-group", "operator": "Equal", "value": ns, "effect": "NoSchedule"}]);
+    let backup: RedisBackup = serde_json::from_value(backup).unwrap();
+    let backups: Api<RedisBackup> = Api::namespaced(client.clone(), &ns);
+    backups
+        .create(&PostParams::default(), &backup)
+        .await
+        .unwrap();
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), &ns);
+    eventually(60, "the CronJob", || async {
+        cronjobs.get_opt("auth-redis").await.ok().flatten()
+    })
+    .await;
+
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(tanks_testkit::kubeconfig())
+        .args([
+            "create",
+            "job",
+            "--from=cronjob/auth-redis",
+            "auth-redis-manual",
+            "-n",
+            &ns,
+        ])
+        .output()
+        .expect("kubectl is on PATH (hack/devenv)");
+    assert!(out.status.success(), "kubectl create job: {out:?}");
+
+    let status = eventually(120, "the Job's success in the status", || async {
+        let s = backups.get("auth-redis").await.ok()?.status?;
+        (s.last_result.as_deref() == Some("Succeeded")).then_some(s)
+    })
+    .await;
+    assert_eq!(status.last_job.as_deref(), Some("auth-redis-manual"));
+    let finished = status.last_backup_time.clone().expect("lastBackupTime");
+    assert_eq!(status.last_success_time.as_ref(), Some(&finished));
+    let age = k8s_openapi::jiff::Timestamp::now().duration_since(finished.0);
+    assert!(
+        age.as_secs() < 300,
+        "the backup finished just now, not {age:?} ago"
+    );
+
+    // The metric, from the same Job.
+    let text = tanks_core::telemetry::render(&registry);
+    let value = |name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("name=\"auth-redis\""))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    assert_eq!(value("redis_backup_last_result_success"), Some(1.0));
+    assert_eq!(
+        value("redis_backup_last_success_timestamp_seconds"),
+        Some(finished.0.as_second() as f64)
+    );
+
+    // The snapshot landed on the claim's volume, with its checksum.
+    let volume = claims
+        .get("redis-backups")
+        .await
+        .unwrap()
+        .spec
+        .and_then(|s| s.volume_name)
+        .expect("the claim is bound");
+    let pv = Api::<PersistentVolume>::all(client.clone())
+        .get(&volume)
+        .await
+        .unwrap();
+    let dir = PathBuf::from(pv.spec.unwrap().host_path.unwrap().path);
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2, "one snapshot and its checksum: {files:?}");
+    assert!(
+        files[0].starts_with("auth-redis-") && files[0].ends_with(".rdb"),
+        "{files:?}"
+    );
+    let snapshot = dir.join(&files[0]);
+
+    // Restored from that very file: every user logs in.
+    restore_and_log_in(&snapshot, &restored, password, &users);
+
+    // Deleting the claim releases its volume, which the runner deletes with its folder
+    // (once no pod uses the claim: the Job and its pod go first).
+    let jobs: Api<k8s_openapi::api::batch::v1::Job> = Api::namespaced(client.clone(), &ns);
+    jobs.delete("auth-redis-manual", &DeleteParams::background())
+        .await
+        .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    eventually(60, "the Job's pod deleted", || async {
+        pods.list(&Default::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    claims
+        .delete("redis-backups", &DeleteParams::default())
+        .await
+        .unwrap();
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    eventually(60, "the released volume deleted", || async {
+        pvs.get_opt(&volume).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(!dir.exists(), "{} removed with its volume", dir.display());
+
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), controller).await;
+    delete_namespace(&client, &ns).await;
+    let _ = stop_runner.send(true);
+    let _ = runner.await;
+    let _ = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .delete(&node.name, &DeleteParams::default())
+        .await;
+    let _ = std::fs::remove_dir_all(&root);
 }
