@@ -1,7 +1,8 @@
 //! `matchmaking_events` → `Match`. A message is acked only once its Match exists (created
 //! now, or AlreadyExists from an earlier delivery), so a crash never loses an event and a
-//! redelivery never makes a second Match. Malformed events are dead-lettered with the
-//! reason; API trouble requeues the message after a pause.
+//! redelivery never makes a second Match, not even once the first one was deleted after
+//! its TTL ([`ConsumedEvents`]). Malformed events are dead-lettered with the reason; API
+//! trouble requeues the message after a pause.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +13,7 @@ use tanks_core::protocol::matchmaking::{MatchRequest, NEW_MATCH_CREATED};
 use tanks_core::rabbit::{self, ConsumerSpec, Outcome};
 
 use crate::api::{Match, MatchSpec};
+use crate::matches::consumed::ConsumedEvents;
 use crate::matches::naming::match_name;
 
 /// Label on every Match made from an event (selects them; the event id itself may be
@@ -31,6 +33,12 @@ pub struct ConsumerConfig {
     /// Pause before a message is requeued after an API error (no hot loop while the API
     /// server is down).
     pub retry_pause: Duration,
+    /// How long a consumed event's key is remembered, so a redelivery after its Match
+    /// was deleted (Finished, then the TTL) starts no second match. Longer than any
+    /// redelivery: a RabbitMQ outage, a matchmaker's republish.
+    pub remember_for: Duration,
+    /// At most this many keys are remembered (the oldest are forgotten first).
+    pub remember_at_most: usize,
 }
 
 impl Default for ConsumerConfig {
@@ -42,6 +50,8 @@ impl Default for ConsumerConfig {
             namespace: "default".into(),
             default_fleet: None,
             retry_pause: Duration::from_millis(500),
+            remember_for: Duration::from_secs(6 * 3600),
+            remember_at_most: 500_000,
         }
     }
 }
@@ -110,10 +120,11 @@ pub fn outcome_of(result: Result<Match, kube::Error>) -> Outcome {
     }
 }
 
-/// Handles one message: parse, create, decide.
+/// Handles one message: parse, skip what was consumed already, create, decide.
 pub async fn handle(
     api: &Api<Match>,
     config: &ConsumerConfig,
+    consumed: &ConsumedEvents,
     body: &[u8],
     message_id: Option<&str>,
 ) -> Outcome {
@@ -121,6 +132,11 @@ pub async fn handle(
         Ok(m) => m,
         Err(reason) => return Outcome::DeadLetter(reason),
     };
+    let name = m.metadata.name.clone().unwrap_or_default();
+    if consumed.contains(&name) {
+        tracing::info!(%name, "event consumed before: no second Match");
+        return Outcome::Ack;
+    }
     let result = api.create(&PostParams::default(), &m).await;
     if let Err(e) = &result
         && !matches!(e, kube::Error::Api(s) if s.code == 409)
@@ -128,8 +144,10 @@ pub async fn handle(
         tracing::warn!(error = %e, name = ?m.metadata.name, "creating a Match failed");
     }
     let outcome = outcome_of(result);
-    if outcome == Outcome::Retry {
-        tokio::time::sleep(config.retry_pause).await;
+    match outcome {
+        Outcome::Ack => consumed.record(&name),
+        Outcome::Retry => tokio::time::sleep(config.retry_pause).await,
+        Outcome::DeadLetter(_) => {}
     }
     outcome
 }
@@ -147,19 +165,20 @@ pub async fn run(
         prefetch: config.prefetch,
         tag: format!("tanks-operator-{}", std::process::id()),
     };
-    let shared = Arc::new((api, config));
+    let consumed = ConsumedEvents::new(config.remember_for, config.remember_at_most);
+    let shared = Arc::new((api, config, consumed));
     rabbit::consume(
         spec,
         move |delivery| {
             let shared = shared.clone();
             async move {
-                let (api, config) = &*shared;
+                let (api, config, consumed) = &*shared;
                 let id = delivery
                     .properties
                     .message_id()
                     .as_ref()
                     .map(|s| s.as_str().to_owned());
-                handle(api, config, &delivery.data, id.as_deref()).await
+                handle(api, config, consumed, &delivery.data, id.as_deref()).await
             }
         },
         shutdown,

@@ -155,3 +155,94 @@ async fn events_become_matches_once_and_bad_ones_are_dead_lettered() {
     }
     common::delete_namespace(&client, &ns).await;
 }
+
+/// The regression of the fault tests: a Match played and deleted after its TTL, then
+/// its event delivered again (a lost ack redelivered after a broker restart, a
+/// matchmaker's republish). Without the consumer's record it became a second match.
+#[tokio::test]
+async fn an_event_redelivered_after_its_match_was_deleted_starts_no_second_match() {
+    let amqp = tanks_testkit::require_rabbitmq();
+    let client = common::client().await;
+    common::apply_crds(&client).await;
+    let ns = common::namespace(&client, "match-redelivered").await;
+    let queue = tanks_testkit::unique("matchmaking-events");
+    let publisher = Publisher::connect(&amqp).await.expect("publisher");
+    publisher.declare(&queue).await.expect("declare");
+    let body = br#"{"event_type":"new_match_created","event_id":"ev-once","match_details":{"players":["a"]}}"#;
+    let config = ConsumerConfig {
+        amqp_uri: amqp.clone(),
+        queue: queue.clone(),
+        namespace: ns.clone(),
+        default_fleet: Some("tanks".into()),
+        ..Default::default()
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let consumer = tokio::spawn(consumer::run(client.clone(), config, async {
+        let _ = stop_rx.await;
+    }));
+    let matches: Api<Match> = Api::namespaced(client.clone(), &ns);
+    publisher.publish(&queue, body).await.expect("publish");
+    common::eventually(30, "the Match of ev-once", || async {
+        matches.get_opt("ev-once").await.ok().flatten().map(|_| ())
+    })
+    .await;
+    // Played and reaped (what the TTL does), then the same event again.
+    matches
+        .delete("ev-once", &Default::default())
+        .await
+        .expect("delete");
+    common::eventually(30, "the Match gone", || async {
+        matches
+            .get_opt("ev-once")
+            .await
+            .ok()
+            .and_then(|m| m.is_none().then_some(()))
+    })
+    .await;
+    publisher
+        .publish(&queue, body)
+        .await
+        .expect("publish again");
+    // Settled once the queue is empty with the consumer stopped (unsettled deliveries
+    // go back to the queue when its channel closes).
+    let channel = publisher.channel();
+    let passive = || async {
+        channel
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
+    };
+    common::eventually(30, "the second delivery taken", || async {
+        (passive().await == 0).then_some(())
+    })
+    .await;
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(10), consumer)
+        .await
+        .expect("consumer stops")
+        .unwrap();
+    assert_eq!(passive().await, 0, "the second delivery was settled");
+    assert!(
+        matches.get_opt("ev-once").await.expect("get").is_none(),
+        "the redelivered event started a second match"
+    );
+    let _ = channel
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = channel
+        .queue_delete(
+            dead_letter_queue(&queue).as_str().into(),
+            Default::default(),
+        )
+        .await;
+    common::delete_namespace(&client, &ns).await;
+}
