@@ -33,6 +33,10 @@ pub const ALL_TOPICS: &[&str] = &[
     GAME_EVENTS,
 ];
 
+/// `events_dropped_total` reasons meaning a buffer was full: ours (`queue_full`) or
+/// librdkafka's (`refused`). The only losses of a broker outage.
+pub const BUFFER_FULL_REASONS: &[&str] = &["queue_full", "refused"];
+
 /// Events waiting for the pump, beyond what the sink itself buffers.
 pub const PUBLISH_QUEUE: usize = 65_536;
 const BATCH: usize = 1024;
@@ -128,6 +132,13 @@ impl EventMetrics {
             Opts::new("events_dropped_total", "Events lost, by topic and reason"),
             &["topic", "reason"],
         )?;
+        // The losses of a full buffer are exported at 0 from the start, so an alert on
+        // them has a series to watch before the first loss (not only after it).
+        for topic in ALL_TOPICS {
+            for reason in BUFFER_FULL_REASONS {
+                dropped.with_label_values(&[topic, reason]);
+            }
+        }
         let pending = IntGauge::new("events_pending", "Events accepted but not yet delivered")?;
         registry.register(Box::new(produced.clone()))?;
         registry.register(Box::new(dropped.clone()))?;

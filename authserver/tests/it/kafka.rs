@@ -157,9 +157,33 @@ async fn a_missing_kafka_never_blocks_requests_and_events_wait() {
         "requests did not wait for Kafka: {:?}",
         t.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = metrics(&server).await;
-    assert!(text.contains("authserver_events_pending 2"), "{text}");
-    assert!(!text.contains("authserver_events_dropped_total{"), "{text}");
+    // Both events wait in the buffer (none delivered, none dropped).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = metrics(&server).await;
+        if text.contains("authserver_events_pending 2") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "2 events pending within 10 s: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The buffer-full losses are exported from the start, at 0.
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("authserver_events_dropped_total{")
+                && l.contains("queue_full")
+                && l.contains("auth_events")
+                && l.ends_with(" 0")),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("authserver_events_dropped_total{") && !l.ends_with(" 0")),
+        "{text}"
+    );
     server.shutdown().await;
 }
