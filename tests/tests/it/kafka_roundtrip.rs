@@ -10,6 +10,18 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use tanks_core::events::{EventMetrics, EventPublisher, KafkaSettings, SinkConfig};
 
+/// Polls `condition` every 20 ms; fails naming `what` after 10 s.
+async fn wait_until(what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn produce_and_consume_through_real_kafka() {
     let brokers = tanks_testkit::require_kafka();
@@ -117,8 +129,10 @@ async fn events_published_during_an_outage_are_delivered_when_kafka_returns() {
     for n in 0..100 {
         assert!(publisher.publish(topic, "k", &serde_json::json!({"event_type": "e", "n": n})));
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(metrics.pending.get(), 100, "held while Kafka is away");
+    wait_until("100 events held while Kafka is away", || {
+        metrics.pending.get() == 100
+    })
+    .await;
     assert_eq!(metrics.produced.with_label_values(&[topic]).get(), 0);
 
     // ...then Kafka "returns": a forwarder to the real broker opens on that port.
@@ -171,8 +185,10 @@ async fn events_wait_while_kafka_is_unreachable() {
     for n in 0..50 {
         assert!(publisher.publish("outage", "k", &serde_json::json!({"n": n})));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(metrics.pending.get(), 50, "held, waiting for the broker");
+    wait_until("50 events held, waiting for the broker", || {
+        metrics.pending.get() == 50
+    })
+    .await;
     assert_eq!(
         metrics
             .dropped
