@@ -156,6 +156,12 @@ impl FakeServers {
         let _ = rx.wait_for(|c| *c >= n).await;
     }
 
+    /// Sessions created so far, over all servers and the whole run (a match asked twice
+    /// of the same server counts once: creation is idempotent on the match id).
+    pub fn sessions_created_total(&self) -> usize {
+        *self.created.borrow()
+    }
+
     /// `(server, match id)` of every session accepted while its server was full.
     pub fn over_capacity_acceptances(&self) -> Vec<(String, String)> {
         self.with(|i| i.over_capacity.clone())
