@@ -5,8 +5,8 @@
 //! relists after it) is one of them, none was created twice or deleted as surplus; the
 //! operator survives the restarts of the control plane.
 //!
-//! No game server answers at a kwok pod's address, so none reports ready: each test
-//! ends well before the operator replaces servers that never became ready (5 min).
+//! No game server answers at a kwok pod's address, so none reports ready; the fleet
+//! waits a day before replacing such a server (`health.startupTimeoutSeconds`).
 //!
 //! `FAULTS_SCALE_REPLICAS` (default 300) sizes the fleet; 1,000 was run by hand
 //! (docs/RELIABILITY.md).
@@ -104,6 +104,10 @@ pub fn fleet(ns: &str, replicas: usize) -> GameFleet {
             "capacity": {"sessionsPerServer": 2, "playersPerSession": 4},
             "scaling": {"minReplicas": 0, "maxReplicas": replicas, "buffer": {"slots": 0}, "scaleDownDelaySeconds": 3},
             "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            // No game server answers at a kwok pod's address, so none ever reports:
+            // the longest wait before such a server is replaced, so a long run (5,000
+            // pods by hand) measures the fault, not replacements.
+            "health": {"startupTimeoutSeconds": 86400},
         },
     }))
     .expect("fleet")
