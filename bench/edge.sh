@@ -7,12 +7,14 @@
 #   bench/edge.sh 1000
 #
 # Env: WARMUP (s, default 5), DURATION (s, default 20), ROUNDS (default 2),
-# CARGO_TARGET_DIR (where the release binaries are built).
+# CARGO_TARGET_DIR (where the binaries are built), PROFILE (cargo profile, default
+# release; `dev` for the debug build).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 players=${1:-1000}
-cargo build --release -p gameserver -p tanks-bench --bin gameserver --bin gameload >&2
-TARGET=${CARGO_TARGET_DIR:-target}/release
+PROFILE=${PROFILE:-release}
+cargo build --profile "$PROFILE" -p gameserver -p tanks-bench --bin gameserver --bin gameload >&2
+TARGET=${CARGO_TARGET_DIR:-target}/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 WARMUP=${WARMUP:-5}
 DURATION=${DURATION:-20}
 ROUNDS=${ROUNDS:-2}
@@ -23,7 +25,9 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
 
 module=""
 if ! nginx -V 2>&1 | grep -q -- '--with-stream\( \|$\)'; then
-  module=$(ls /usr/lib/nginx/modules/ngx_stream_module.so /usr/lib64/nginx/modules/ngx_stream_module.so 2>/dev/null | head -1)
+  for m in /usr/lib/nginx/modules/ngx_stream_module.so /usr/lib64/nginx/modules/ngx_stream_module.so; do
+    if [ -e "$m" ]; then module=$m; break; fi
+  done
 fi
 "$TARGET/gameload" edge-config --listen "$EDGE_PORT" --upstream "$UDP" --dir "$DIR" \
   ${module:+--stream-module "$module"} > "$DIR/nginx.conf"
