@@ -8,6 +8,8 @@
 // Every `printcolumn(..)` repeats `type_ = "integer"`: that is the macro's syntax.
 #![allow(clippy::duplicated_attributes)]
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -63,8 +65,10 @@ pub struct EdgeSpec {
 
     /// GameFleets in this namespace whose servers get an edge port each.
     #[serde(default)]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 63)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(f, f.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))")
+        .message("each fleet must be a GameFleet name (a lowercase DNS label)"))]
     pub fleets: Vec<String>,
 
     #[serde(default)]
@@ -80,11 +84,13 @@ pub struct EdgeSpec {
     pub access: EdgeAccess,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EdgeAuth {
     /// The auth server's Service in this namespace; the edge sends to its cluster IP.
     #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+        .message("auth.service must be a Service name (a lowercase DNS label starting with a letter)"))]
     pub service: String,
     /// The Service port.
     #[serde(default = "default_auth_port")]
@@ -277,6 +283,11 @@ pub struct EdgeStatus {
     /// Game servers with a listener.
     #[serde(default)]
     pub servers: i32,
+    /// The edge port of every game server with a listener, by pod name: what the Match
+    /// controller hands out as the endpoint's port. (The port map itself, quarantines
+    /// included, is persisted in the ConfigMap next to the config.)
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<String, i32>,
     #[serde(default)]
     pub ports_in_use: i32,
     #[serde(default)]

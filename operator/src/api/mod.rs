@@ -9,6 +9,7 @@ pub mod matches;
 pub mod schema;
 
 pub use backup::{RedisBackup, RedisBackupSpec, RedisBackupStatus};
+pub use edge::{Edge, EdgeSpec, EdgeStatus};
 pub use gamefleet::{GameFleet, GameFleetSpec, GameFleetStatus};
 pub use matches::{Match, MatchPhase, MatchSpec, MatchStatus};
 
@@ -21,6 +22,7 @@ pub const GROUP: &str = "tanks.dev";
 /// Every CRD, with the file name `crdgen` writes it to.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
+        ("edge.yaml", Edge::crd()),
         ("gamefleet.yaml", GameFleet::crd()),
         ("match.yaml", Match::crd()),
         ("redisbackup.yaml", RedisBackup::crd()),

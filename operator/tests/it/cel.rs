@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use crate::common::*;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use tanks_operator::api::{GameFleet, Match, RedisBackup};
+use tanks_operator::api::{Edge, GameFleet, Match, RedisBackup};
 
 /// `(kind, field path, message)` of every CEL rule in the CRDs.
 fn rules_in_crds() -> BTreeSet<(String, String, String)> {
@@ -86,6 +86,19 @@ fn valid_backup(name: &str) -> Value {
     })
 }
 
+fn valid_edge(name: &str) -> Value {
+    json!({
+        "apiVersion": "tanks.dev/v1alpha1",
+        "kind": "Edge",
+        "metadata": {"name": name},
+        "spec": {
+            "publicAddress": "play.example.com",
+            "auth": {"service": "authserver"},
+            "fleets": ["arena"],
+        },
+    })
+}
+
 fn cases() -> Vec<Case> {
     use Violation::*;
     let f = |pointer: &str, value: Value| Create(fleet("bad", "x").set(pointer, value).0);
@@ -93,6 +106,15 @@ fn cases() -> Vec<Case> {
         let mut obj = valid_backup("bad");
         *obj.pointer_mut(pointer)
             .expect("a field of the valid backup") = value;
+        Create(obj)
+    };
+    let e = |pointer: &str, value: Value| {
+        let mut obj = valid_edge("bad");
+        let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+        obj.pointer_mut(parent)
+            .and_then(Value::as_object_mut)
+            .expect("an object of the valid edge")
+            .insert(key.into(), value);
         Create(obj)
     };
     let case = |kind, field, message, violation| Case {
@@ -204,6 +226,64 @@ fn cases() -> Vec<Case> {
             "schedule must be five cron fields (minute hour day-of-month month day-of-week) or @hourly, @daily, @weekly, @monthly, @yearly",
             b("/spec/schedule", json!("every day")),
         ),
+        case(
+            "Edge",
+            "spec",
+            "auth.listenPort must lie outside ports.rangeStart..ports.rangeEnd",
+            e(
+                "/spec/auth",
+                json!({"service": "authserver", "listenPort": 20001}),
+            ),
+        ),
+        case(
+            "Edge",
+            "spec",
+            "an edge needs auth or at least one fleet",
+            Create({
+                let mut obj = valid_edge("bad");
+                obj["spec"] = json!({"publicAddress": "play.example.com", "fleets": []});
+                obj
+            }),
+        ),
+        case(
+            "Edge",
+            "spec.publicAddress",
+            "publicAddress must be an IP address or a lowercase DNS name",
+            e("/spec/publicAddress", json!("Play Example")),
+        ),
+        case(
+            "Edge",
+            "spec.auth.service",
+            "auth.service must be a Service name (a lowercase DNS label starting with a letter)",
+            e("/spec/auth", json!({"service": "Auth.Server"})),
+        ),
+        case(
+            "Edge",
+            "spec.fleets",
+            "each fleet must be a GameFleet name (a lowercase DNS label)",
+            e("/spec/fleets", json!(["arena", "Duel_1"])),
+        ),
+        case(
+            "Edge",
+            "spec.ports",
+            "ports.rangeStart must not exceed ports.rangeEnd",
+            e(
+                "/spec/ports",
+                json!({"rangeStart": 21000, "rangeEnd": 20000}),
+            ),
+        ),
+        case(
+            "Edge",
+            "spec.access.allow",
+            "each entry must be an IP address or CIDR range such as 203.0.113.0/24",
+            e("/spec/access", json!({"allow": ["10.0.0.0/8", "everyone"]})),
+        ),
+        case(
+            "Edge",
+            "spec.access.deny",
+            "each entry must be an IP address or CIDR range such as 203.0.113.0/24",
+            e("/spec/access", json!({"deny": ["10.0.0.0/40"]})),
+        ),
     ]
 }
 
@@ -226,6 +306,7 @@ async fn every_cel_rule_rejects_its_violation_with_its_message() {
             "GameFleet" => ApiResource::erase::<GameFleet>(&()),
             "Match" => ApiResource::erase::<Match>(&()),
             "RedisBackup" => ApiResource::erase::<RedisBackup>(&()),
+            "Edge" => ApiResource::erase::<Edge>(&()),
             other => panic!("no CRD of kind {other}"),
         };
         Api::namespaced_with(env.client.clone(), &env.ns, &resource)
@@ -256,9 +337,10 @@ async fn every_cel_rule_rejects_its_violation_with_its_message() {
     let valid = |kind: &str| match kind {
         "GameFleet" => fleet("ok", "x").0,
         "RedisBackup" => valid_backup("ok"),
+        "Edge" => valid_edge("ok"),
         _ => valid_match("ok"),
     };
-    for kind in ["GameFleet", "Match", "RedisBackup"] {
+    for kind in ["GameFleet", "Match", "RedisBackup", "Edge"] {
         let obj: DynamicObject = serde_json::from_value(valid(kind)).unwrap();
         api(kind)
             .create(&dry_create, &obj)
@@ -318,7 +400,7 @@ async fn every_cel_rule_rejects_its_violation_with_its_message() {
     }
 
     // Nothing above was stored: the dry runs left the valid objects as they were.
-    for kind in ["GameFleet", "Match", "RedisBackup"] {
+    for kind in ["GameFleet", "Match", "RedisBackup", "Edge"] {
         let names: Vec<String> = api(kind)
             .list(&Default::default())
             .await
