@@ -52,6 +52,10 @@ struct Args {
     /// Turn the RedisBackup controller off (its RBAC then needs no CronJobs or Secrets).
     #[arg(long, env = "OPERATOR_NO_BACKUPS")]
     no_backups: bool,
+    /// Turn the Edge controller off (its RBAC then needs no ConfigMaps or Services), and
+    /// Match endpoints are always the game server's own.
+    #[arg(long, env = "OPERATOR_NO_EDGE")]
+    no_edge: bool,
     /// RabbitMQ: consume matchmaking events and publish allocations (none: Matches come
     /// from elsewhere, e.g. kubectl, and allocations are only in their status).
     #[arg(long, env = "OPERATOR_AMQP_URL", hide_env_values = true)]
@@ -133,6 +137,7 @@ async fn operate(args: Args) -> anyhow::Result<()> {
         control_token: args.control_token,
         matches,
         backups: !args.no_backups,
+        edges: !args.no_edge,
         ..Config::default()
     };
     run(client, config, tanks_core::telemetry::shutdown_signal()).await

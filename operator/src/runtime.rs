@@ -52,6 +52,9 @@ pub struct Config {
     pub matches: Option<MatchConfig>,
     /// Run the RedisBackup controller (its RBAC needs CronJobs, Jobs and Secrets).
     pub backups: bool,
+    /// Run the Edge controller (its RBAC needs ConfigMaps and Services), and give
+    /// Matches on the fleets an Edge fronts the edge's address and port.
+    pub edges: bool,
 }
 
 impl Default for Config {
@@ -72,6 +75,7 @@ impl Default for Config {
             metrics: Arc::default(),
             matches: None,
             backups: false,
+            edges: false,
         }
     }
 }
@@ -205,6 +209,7 @@ pub async fn run(
     // its pending counts.
     let mut matches_config = config.matches;
     if let Some(matches) = &mut matches_config {
+        matches.edges = config.edges;
         let view = matches
             .view
             .clone()
@@ -264,6 +269,15 @@ pub async fn run(
         ))
     });
 
+    let edge_task = config.edges.then(|| {
+        tokio::spawn(crate::edge::controller::run(
+            client.clone(),
+            config.namespace.clone(),
+            config.reconciler.identity.clone(),
+            shutdown.clone(),
+        ))
+    });
+
     let controller = controller
         .graceful_shutdown_on(shutdown.clone())
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -303,7 +317,7 @@ pub async fn run(
             task.abort();
         }
     }
-    if let Some(task) = backup_task {
+    for task in [backup_task, edge_task].into_iter().flatten() {
         task.abort();
     }
     poll_task.abort();

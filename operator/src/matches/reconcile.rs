@@ -31,7 +31,7 @@ use tracing::{instrument, warn};
 use crate::api::conditions::condition;
 use crate::api::gamefleet::Scheduling;
 use crate::api::matches::{MatchEndpoint, MatchPhase, MatchStatus};
-use crate::api::{GameFleet, Match};
+use crate::api::{Edge, GameFleet, Match};
 use crate::domain::allocation::Strategy;
 use crate::error::{Error, Result};
 use crate::matches::metrics::MatchMetrics;
@@ -83,6 +83,8 @@ pub struct MatchContext {
     pub client: Client,
     pub pods: Store<Pod>,
     pub fleets: Store<GameFleet>,
+    /// Edges, when the operator runs the edge (see [`edge_endpoint`]).
+    pub edges: Option<Store<Edge>>,
     pub loads: Arc<LoadIndex>,
     pub view: Arc<AllocationView>,
     pub server_client: Arc<dyn ServerClient>,
@@ -324,9 +326,18 @@ fn reserve(m: &Match, ctx: &MatchContext, strategy: Strategy) -> Reserved {
         .map_or(key.as_str(), |(_, n)| n)
         .to_owned();
     let pod = ctx.pods.get(&ObjectRef::new(&server).within(&ns));
-    let reached = pod
-        .as_deref()
-        .and_then(|p| Some(((ctx.resolver)(p)?, game_endpoint(p)?)));
+    let fronted = ctx
+        .edges
+        .as_ref()
+        .and_then(|edges| edge_endpoint(edges, &ns, &m.spec.fleet, &server));
+    let reached = pod.as_deref().and_then(|p| {
+        let endpoint = match &fronted {
+            // A server the edge has no port for (yet) is not reachable by players.
+            Some(edge) => edge.clone()?,
+            None => game_endpoint(p)?,
+        };
+        Some(((ctx.resolver)(p)?, endpoint))
+    });
     match reached {
         Some((base, endpoint)) => Reserved::Server(Target {
             protected: pod.as_deref().and_then(eviction::evictable) == Some(false)
@@ -345,6 +356,34 @@ fn reserve(m: &Match, ctx: &MatchContext, strategy: Strategy) -> Reserved {
             Reserved::Unreachable
         }
     }
+}
+
+/// Where players reach `server` of `fleet` through an Edge of `ns` that fronts the
+/// fleet: `Some(None)` when one does but has no port for that server yet (just
+/// created: the Edge controller has not rendered it), `None` when no Edge fronts the
+/// fleet (players then go to the server directly). With several Edges on one fleet, the
+/// first by name is used.
+pub fn edge_endpoint(
+    edges: &Store<Edge>,
+    ns: &str,
+    fleet: &str,
+    server: &str,
+) -> Option<Option<(String, u16)>> {
+    let mut fronting: Vec<_> = edges
+        .state()
+        .into_iter()
+        .filter(|e| {
+            e.namespace().as_deref() == Some(ns) && e.spec.fleets.iter().any(|f| f == fleet)
+        })
+        .collect();
+    fronting.sort_by_key(|e| e.name_any());
+    let edge = fronting.first()?;
+    let port = edge
+        .status
+        .as_ref()
+        .and_then(|s| s.ports.get(server))
+        .and_then(|p| u16::try_from(*p).ok());
+    Some(port.map(|p| (edge.spec.public_address.clone(), p)))
 }
 
 /// Releases `m`'s reservation and skips its server for a while.

@@ -209,6 +209,7 @@ impl Scenario {
             settings: MatchSettings::default(),
             rebuild: None,
             rebuilt: Default::default(),
+            edges: None,
         });
         let reply = serde_json::to_value(&self.m).unwrap();
         let api = tokio::spawn(play_api_server(handle, self.requests, reply));

@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::info;
 
-use crate::api::{GameFleet, Match, labels, namespaced_or_all};
+use crate::api::{Edge, GameFleet, Match, labels, namespaced_or_all};
 use crate::matches::cluster::PodLoadSource;
 use crate::matches::consumer::{self, ConsumerConfig};
 use crate::matches::metrics::MatchMetrics;
@@ -65,6 +65,9 @@ pub struct MatchConfig {
     /// Asks the GameFleet controller to reconcile a fleet that has Matches waiting for
     /// room (it scales for them).
     pub fleet_trigger: Option<futures::channel::mpsc::UnboundedSender<ObjectRef<GameFleet>>>,
+    /// Watch Edges: a Match on a fleet an Edge fronts gets the edge's address and the
+    /// server's edge port as its endpoint.
+    pub edges: bool,
 }
 
 impl Default for MatchConfig {
@@ -86,6 +89,7 @@ impl Default for MatchConfig {
             metrics: Arc::default(),
             view: None,
             fleet_trigger: None,
+            edges: false,
         }
     }
 }
@@ -151,6 +155,30 @@ pub async fn run(
         .0
         .push(tokio::spawn(fleet_stream.for_each(|_| async {})));
 
+    let edge_store = if config.edges {
+        let (store, writer) = reflector::store();
+        let stream = watcher(
+            namespaced_or_all::<Edge>(&client, config.namespace.as_deref()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer);
+        tasks.0.push(tokio::spawn(stream.for_each(|_| async {})));
+        // Before the first allocation, or a Match on a fronted fleet would get the
+        // server's own address. Bounded: without the CRD the watch never lists.
+        if tokio::time::timeout(config.first_round_wait, store_ready(&store))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "Edges not listed yet; Match endpoints may bypass an edge until they are"
+            );
+        }
+        Some(store)
+    } else {
+        None
+    };
+
     let consumer_task = config.consumer.clone().map(|c| {
         let client = client.clone();
         let stop = shutdown.clone();
@@ -164,6 +192,7 @@ pub async fn run(
         client: client.clone(),
         pods: pods.clone(),
         fleets: fleet_store,
+        edges: edge_store,
         loads: loads.clone(),
         view: view.clone(),
         server_client,

@@ -3,6 +3,7 @@
 mod backup;
 mod cel;
 mod common;
+mod edge;
 mod eviction;
 mod gamefleet;
 mod match_allocation;
