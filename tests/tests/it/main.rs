@@ -1,6 +1,7 @@
 //! The integration tests of `tests`, one binary: each file is one subject.
 
 mod edge_auth;
+mod edge_end_to_end;
 mod edge_limits;
 mod edge_nginx;
 mod edge_reload;

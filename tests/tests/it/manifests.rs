@@ -94,6 +94,7 @@ fn kustomize_builds_the_product_and_its_overlays() {
         "NetworkPolicy",
         "Secret",
         "GameFleet",
+        "Edge",
     ] {
         assert!(
             kinds.contains(&kind),
@@ -103,7 +104,11 @@ fn kustomize_builds_the_product_and_its_overlays() {
     // Namespaced RBAC by default: no cluster-wide grant to the operator.
     assert!(!kinds.contains(&"ClusterRole") && !kinds.contains(&"ClusterRoleBinding"));
     assert_eq!(kinds.iter().filter(|k| **k == "StatefulSet").count(), 3);
-    for name in ["gamefleets.tanks.dev", "matches.tanks.dev"] {
+    for name in [
+        "gamefleets.tanks.dev",
+        "matches.tanks.dev",
+        "edges.tanks.dev",
+    ] {
         assert!(all.contains(&format!("name: {name}")), "CRD {name} missing");
     }
 
@@ -168,7 +173,13 @@ async fn the_api_server_accepts_everything_and_rbac_is_narrow() {
 
     // The custom resources need their CRDs served: on a cluster without them, apply the
     // CRDs for real first (what README.md tells a first install to do).
-    let served = kubectl(&["get", "crd", "gamefleets.tanks.dev", "matches.tanks.dev"]);
+    let served = kubectl(&[
+        "get",
+        "crd",
+        "gamefleets.tanks.dev",
+        "matches.tanks.dev",
+        "edges.tanks.dev",
+    ]);
     if !served.status.success() {
         kubectl_ok(&["apply", "--server-side", "-k", "crds/"]);
         kubectl_ok(&[
@@ -177,6 +188,7 @@ async fn the_api_server_accepts_everything_and_rbac_is_narrow() {
             "--timeout=60s",
             "crd/gamefleets.tanks.dev",
             "crd/matches.tanks.dev",
+            "crd/edges.tanks.dev",
         ]);
     }
 
@@ -196,6 +208,9 @@ async fn the_api_server_accepts_everything_and_rbac_is_narrow() {
         "statefulset.apps/tanks-kafka",
         "networkpolicy.networking.k8s.io/tanks-gameservers",
         "gamefleet.tanks.dev/arena",
+        "deployment.apps/tanks-edge",
+        "service/tanks-edge",
+        "edge.tanks.dev/public",
     ] {
         assert!(dry.contains(object), "{object} not in the dry run:\n{dry}");
     }
@@ -235,6 +250,11 @@ async fn the_api_server_accepts_everything_and_rbac_is_narrow() {
         &["list", "pods"],
         &["create", "events.events.k8s.io"],
         &["update", "leases.coordination.k8s.io"],
+        &["watch", "edges.tanks.dev"],
+        &["patch", "edges.tanks.dev", "--subresource=status"],
+        &["create", "configmaps"],
+        &["patch", "configmaps"],
+        &["get", "services"],
     ];
     for args in allowed {
         let mut a = args.to_vec();
@@ -258,9 +278,40 @@ async fn the_api_server_accepts_everything_and_rbac_is_narrow() {
         &["update", "pods", "-n", &ns],
         &["create", "roles.rbac.authorization.k8s.io", "-n", &ns],
         &["create", "pods", "--subresource=exec", "-n", &ns],
+        &["delete", "configmaps", "-n", &ns],
+        &["patch", "edges.tanks.dev", "-n", &ns],
+        &["update", "services", "-n", &ns],
     ];
     for args in denied {
         assert!(!can(args), "the operator must be denied: {args:?}");
+    }
+
+    // The edge's supervisor reads its one ConfigMap and nothing else.
+    let edge_sa = format!("system:serviceaccount:{ns}:tanks-edge");
+    let edge_can = |args: &[&str]| -> bool {
+        let mut all = vec!["auth", "can-i", "--as", edge_sa.as_str(), "-n", ns.as_str()];
+        all.extend_from_slice(args);
+        let out = kubectl(&all);
+        match out.status.code() {
+            Some(0) => true,
+            Some(1) => false,
+            _ => panic!("kubectl {all:?}: {}", String::from_utf8_lossy(&out.stderr)),
+        }
+    };
+    for verb in ["get", "watch", "list"] {
+        assert!(
+            edge_can(&[verb, "configmaps/public-nginx"]),
+            "tanks-edge: {verb}"
+        );
+    }
+    for args in [
+        &["get", "configmaps/other"][..],
+        &["patch", "configmaps/public-nginx"],
+        &["list", "configmaps"],
+        &["get", "secrets"],
+        &["list", "pods"],
+    ] {
+        assert!(!edge_can(args), "tanks-edge must be denied: {args:?}");
     }
 
     // The Deployments and StatefulSets become pods (Pending without nodes: a pod runner
@@ -272,6 +323,7 @@ async fn the_api_server_accepts_everything_and_rbac_is_narrow() {
         ("tanks-redis", 1),
         ("tanks-rabbitmq", 1),
         ("tanks-kafka", 1),
+        ("tanks-edge", 2),
     ];
     for (name, n) in expected {
         loop {
