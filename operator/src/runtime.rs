@@ -15,7 +15,7 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -24,6 +24,7 @@ use crate::leader::{Elector, LeaseSettings};
 use crate::matches::runtime::MatchConfig;
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Settings};
+use crate::servers::cached::keep_what_is_read;
 use crate::servers::{
     EndpointResolver, HttpServerClient, LoadIndex, Poller, ServerClient, pod_ip_resolver,
 };
@@ -170,8 +171,8 @@ pub async fn run(
         watcher::Config::default().labels(labels::MANAGED_SELECTOR),
     )
     .default_backoff()
-    // Managed fields are half of a pod's size and nothing here reads them.
-    .modify(|pod: &mut Pod| pod.meta_mut().managed_fields = None)
+    // Thousands of servers: the cache keeps only what is read of each.
+    .modify(keep_what_is_read)
     .reflect(pod_writer)
     .touched_objects();
 

@@ -26,6 +26,7 @@ use crate::matches::publish::AllocationPublisher;
 use crate::matches::reconcile::{self, MatchContext, MatchSettings, Rebuild};
 use crate::matches::view::AllocationView;
 use crate::metrics::Metrics;
+use crate::servers::cached::keep_what_is_read;
 use crate::servers::{
     EndpointResolver, HttpServerClient, LoadIndex, Poller, ServerClient, pod_ip_resolver,
 };
@@ -359,7 +360,7 @@ pub async fn run_standalone(
         watcher::Config::default().labels(labels::MANAGED_SELECTOR),
     )
     .default_backoff()
-    .modify(|pod: &mut Pod| pod.meta_mut().managed_fields = None)
+    .modify(keep_what_is_read)
     .reflect(pod_writer);
     let mut tasks = AbortOnDrop::default();
     tasks

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
+use crate::servers::cached::keep_what_is_read;
+
 /// How long an expectation may wait for the watch before it is dropped (a missed watch
 /// event must not block a fleet forever).
 const EXPECTATION_TTL: Duration = Duration::from_secs(120);
@@ -30,7 +32,9 @@ pub struct Expectations {
 }
 
 impl Expectations {
-    pub fn created(&self, fleet: &str, pod: Pod) {
+    pub fn created(&self, fleet: &str, mut pod: Pod) {
+        // Held beside the cache until the watch shows it: as little as the cache keeps.
+        keep_what_is_read(&mut pod);
         let mut fleets = self.fleets.lock().expect("expectations lock");
         fleets
             .entry(fleet.to_owned())

@@ -1,6 +1,7 @@
 //! The operator's side of the game servers, in one place:
 //!
 //! - [`address`]: where a pod's control interface and game port are reached;
+//! - [`cached`]: what of a pod the pod cache keeps;
 //! - [`client`]: the one HTTP client of the control interface (load, drain, sessions)
 //!   and its one error type;
 //! - [`eviction`]: the cluster autoscaler's safe-to-evict mark on a server's pod;
@@ -13,6 +14,7 @@
 //! and `matches/` depend on this module and never on each other through it.
 
 pub mod address;
+pub mod cached;
 pub mod client;
 pub mod eviction;
 pub mod loads;
