@@ -63,16 +63,24 @@ impl Expectations {
             return cached;
         };
         let now = Instant::now();
-        let seen: HashMap<String, bool> = cached
+        let seen: HashMap<&str, bool> = cached
             .iter()
-            .map(|p| (p.name_any(), p.metadata.deletion_timestamp.is_some()))
+            .map(|p| {
+                let name = p.metadata.name.as_deref().unwrap_or_default();
+                (name, p.metadata.deletion_timestamp.is_some())
+            })
             .collect();
-        exp.created
-            .retain(|name, (_, at)| !seen.contains_key(name) && now - *at < EXPECTATION_TTL);
-        exp.deleted
-            .retain(|name, at| seen.get(name) == Some(&false) && now - *at < EXPECTATION_TTL);
+        exp.created.retain(|name, (_, at)| {
+            !seen.contains_key(name.as_str()) && now - *at < EXPECTATION_TTL
+        });
+        exp.deleted.retain(|name, at| {
+            seen.get(name.as_str()) == Some(&false) && now - *at < EXPECTATION_TTL
+        });
         for pod in &mut cached {
-            if exp.deleted.contains_key(&pod.name_any()) {
+            if exp
+                .deleted
+                .contains_key(pod.metadata.name.as_deref().unwrap_or_default())
+            {
                 Arc::make_mut(pod).metadata.deletion_timestamp =
                     Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                         k8s_openapi::jiff::Timestamp::now(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::Context;
@@ -18,7 +19,7 @@ use crate::domain::fleet::{
     self, CountOrPercent, HealthPolicy, Observation, Placement, RolloutPolicy, Server,
 };
 use crate::domain::scaling::{Buffer, ScalingPolicy};
-use crate::servers::{LoadIndex, eviction, ownership};
+use crate::servers::{LoadEntry, LoadIndex, eviction, ownership};
 
 /// A fleet's pods and what the decision reads of them.
 pub struct Observed {
@@ -47,14 +48,18 @@ pub fn observe(fleet: &GameFleet, ctx: &Context, hash: &str, health: &HealthPoli
     }
 }
 
+/// Every pod of a fleet, classified: one look at the clock and one lock of the load
+/// index for all of them.
 pub fn classify_all(
     pods: &[Arc<Pod>],
     hash: &str,
     health: &HealthPolicy,
     loads: &LoadIndex,
 ) -> Vec<Server> {
+    let now = Timestamp::now();
     pods.iter()
-        .map(|p| classify(p, hash, health, loads))
+        .zip(loads.entries_of(pods))
+        .map(|(p, entry)| classify_at(p, hash, health, entry.as_ref(), now))
         .collect()
 }
 
@@ -81,31 +86,36 @@ pub fn fleet_pods(fleet: &GameFleet, ctx: &Context) -> Vec<Arc<Pod>> {
     ctx.expectations.overlay(&fleet_key(fleet), cached)
 }
 
-fn elapsed_since(t: Option<&Time>) -> Duration {
-    t.map(|t| {
-        let d = k8s_openapi::jiff::Timestamp::now().duration_since(t.0);
-        Duration::try_from(d).unwrap_or_default()
-    })
-    .unwrap_or_default()
+fn elapsed_since(t: Option<&Time>, now: Timestamp) -> Duration {
+    t.map(|t| Duration::try_from(now.duration_since(t.0)).unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// A pod and its load as the decisions see them.
 pub fn classify(pod: &Pod, hash: &str, health: &HealthPolicy, loads: &LoadIndex) -> Server {
+    let entry = loads.get(&LoadIndex::key(pod));
+    classify_at(pod, hash, health, entry.as_ref(), Timestamp::now())
+}
+
+/// [`classify`] with the pod's load entry and the time already looked up.
+fn classify_at(
+    pod: &Pod,
+    hash: &str,
+    health: &HealthPolicy,
+    entry: Option<&LoadEntry>,
+    now: Timestamp,
+) -> Server {
     let status = pod.status.as_ref();
     let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
-    let entry = loads.get(&LoadIndex::key(pod));
     let obs = Observation {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         failed: matches!(phase, "Failed" | "Succeeded"),
-        age: elapsed_since(pod.metadata.creation_timestamp.as_ref()),
+        age: elapsed_since(pod.metadata.creation_timestamp.as_ref(), now),
         running_for: (phase == "Running")
-            .then(|| elapsed_since(status.and_then(|s| s.start_time.as_ref()))),
-        report: entry.as_ref().and_then(|e| e.view()),
-        failing_for: entry
-            .as_ref()
-            .and_then(|e| e.failing_since)
-            .map(|t| t.elapsed()),
-        drain_requested: entry.as_ref().is_some_and(|e| e.drain_requested),
+            .then(|| elapsed_since(status.and_then(|s| s.start_time.as_ref()), now)),
+        report: entry.and_then(|e| e.view()),
+        failing_for: entry.and_then(|e| e.failing_since).map(|t| t.elapsed()),
+        drain_requested: entry.is_some_and(|e| e.drain_requested),
     };
     let report = obs.report.unwrap_or_default();
     Server {

@@ -55,6 +55,22 @@ impl LoadIndex {
             .cloned()
     }
 
+    /// The entries of many pods, in their order, under one lock (a fleet reconcile reads
+    /// every server of the fleet).
+    pub fn entries_of(&self, pods: &[Arc<Pod>]) -> Vec<Option<LoadEntry>> {
+        let entries = self.entries.lock().expect("load index lock");
+        let mut key = String::new();
+        pods.iter()
+            .map(|pod| {
+                key.clear();
+                key.push_str(pod.metadata.namespace.as_deref().unwrap_or_default());
+                key.push('/');
+                key.push_str(pod.metadata.name.as_deref().unwrap_or_default());
+                entries.get(&key).cloned()
+            })
+            .collect()
+    }
+
     /// Records a poll; true when what decisions depend on changed.
     pub fn record(&self, key: &str, result: Result<LoadReport, ServerError>) -> bool {
         let now = Instant::now();

@@ -31,13 +31,17 @@ pub fn controlling_fleet(pod: &Pod) -> Option<(&str, &str)> {
 }
 
 /// Whether `fleet` (this very object, by uid) controls `pod`.
+/// (Called for every cached pod in each fleet reconcile: it compares in place and
+/// copies nothing.)
 pub fn owned_by(pod: &Pod, fleet: &GameFleet) -> bool {
-    let Some(uid) = fleet.uid() else {
+    let (meta, fleet_meta) = (&pod.metadata, &fleet.metadata);
+    let Some(uid) = fleet_meta.uid.as_deref() else {
         return false;
     };
-    pod.namespace() == fleet.namespace()
-        && controlling_fleet(pod)
-            .is_some_and(|(name, owner_uid)| name == fleet.name_any() && owner_uid == uid.as_str())
+    meta.namespace == fleet_meta.namespace
+        && controlling_fleet(pod).is_some_and(|(name, owner_uid)| {
+            Some(name) == fleet_meta.name.as_deref() && owner_uid == uid
+        })
 }
 
 /// The fleet in `fleets` that controls `pod`, if any: the pods the operator may talk to.
