@@ -1,10 +1,11 @@
 //! What a GameFleet reconcile does about its decision: removals (each empty server
 //! drained first when the plan says so), drains of busy old servers, creations in
-//! slow-start batches, safe-to-evict marks. Every pod write of the reconciler is here.
+//! a slow start, safe-to-evict marks. Every pod write of the reconciler is here.
 
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::{Api, ResourceExt};
@@ -143,9 +144,10 @@ pub async fn delete_pod(
     }
 }
 
-/// Creates `count` pods in slow-start batches (1, 2, 4, ... like the ReplicaSet
-/// controller), `create_concurrency` in flight, stopping at the first refusal so a bad
-/// template costs one failed request, not hundreds. Returns how many were created.
+/// Creates `count` pods with a slow start (one in flight, one more with every success,
+/// up to `create_concurrency`: the ReplicaSet controller's doubling per round trip, with
+/// no batch waiting for its slowest create), stopping at the first refusal so a bad
+/// template costs a few failed requests, not hundreds. Returns how many were created.
 async fn create_pods(
     fleet: &GameFleet,
     hash: &str,
@@ -155,76 +157,103 @@ async fn create_pods(
 ) -> std::result::Result<u32, (u32, String)> {
     let ns = fleet.namespace().unwrap_or_default();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let dynamic = fleet.spec.ports.policy == PortKind::Dynamic;
-    let mut created = 0u32;
-    let mut batch = 1u32;
-    while created < count {
-        let n = batch.min(count - created);
-        // Ports for the batch, under the lock so concurrent reconciles never pick the same.
-        let mut reserved = Vec::new();
-        if dynamic {
-            let mut reservations = ctx.ports.lock().expect("ports lock");
-            let all = ctx.pods.state();
-            let cached: HashSet<String> = all.iter().map(|p| LoadIndex::key(p)).collect();
-            let mut in_use: Vec<u16> = all.iter().filter_map(|p| host_port(p)).collect();
-            in_use.extend(reservations.pending(&cached));
-            let start = fleet.spec.ports.range_start.clamp(1, 65535) as u16;
-            let end = fleet.spec.ports.range_end.clamp(1, 65535) as u16;
-            let mut alloc = PortAllocator::new(start, end, in_use);
-            for i in 0..n {
-                let port = alloc.allocate();
-                let tmp = format!("{ns}/pending-{}-{i}", uuid::Uuid::new_v4());
-                reservations.reserve(tmp.clone(), port);
-                reserved.push((tmp, port));
-            }
-        }
-        let pods: Vec<(Option<(String, u16)>, Pod)> = (0..n as usize)
-            .map(|i| {
-                let res = reserved.get(i).cloned();
-                let port = res.as_ref().map(|r| r.1);
-                pods::build(fleet, hash, port, &ctx.settings.identity).map(|p| (res, p))
-            })
-            .collect::<Result<_>>()
-            .map_err(|e| (created, e.to_string()))?;
-        let results: Vec<std::result::Result<(), String>> = futures::stream::iter(pods)
-            .map(|(res, pod)| {
-                let api = api.clone();
-                async move {
-                    let out = api.create(&PostParams::default(), &pod).await;
-                    let mut reservations = ctx.ports.lock().expect("ports lock");
-                    if let Some((tmp, port)) = &res {
-                        reservations.release(tmp);
-                        if let Ok(p) = &out {
-                            reservations.reserve(LoadIndex::key(p), *port);
-                        }
-                    }
-                    drop(reservations);
-                    match out {
-                        Ok(p) => {
-                            ctx.metrics.pods_created.inc();
-                            ctx.expectations.created(key, p);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            ctx.metrics.pod_create_errors.inc();
-                            Err(e.to_string())
-                        }
-                    }
+    let ports = if fleet.spec.ports.policy == PortKind::Dynamic {
+        reserve_ports(fleet, &ns, count, ctx)
+    } else {
+        Vec::new()
+    };
+    let limit = ctx.settings.create_concurrency.max(1);
+    let mut window = 1;
+    let mut in_flight = FuturesUnordered::new();
+    let (mut next, mut created) = (0, 0u32);
+    let mut error = None;
+    loop {
+        while error.is_none() && next < count as usize && in_flight.len() < window.min(limit) {
+            let reserved = ports.get(next).cloned();
+            let port = reserved.as_ref().map(|r: &(String, u16)| r.1);
+            match pods::build(fleet, hash, port, &ctx.settings.identity) {
+                Ok(pod) => in_flight.push(create_one(&api, pod, reserved, ctx, key)),
+                Err(e) => {
+                    error = Some(e.to_string());
+                    break;
                 }
-            })
-            .buffer_unordered(ctx.settings.create_concurrency.max(1))
-            .collect()
-            .await;
-        let ok = results.iter().filter(|r| r.is_ok()).count() as u32;
-        created += ok;
-        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
-            warn!(error = %e, created, "creating game-server pods");
-            return Err((created, e));
+            }
+            next += 1;
         }
-        batch = batch.saturating_mul(2);
+        match in_flight.next().await {
+            Some(Ok(())) => {
+                created += 1;
+                window += 1;
+            }
+            Some(Err(e)) => {
+                error.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    // Ports of pods never attempted go back.
+    if next < ports.len() {
+        let mut reservations = ctx.ports.lock().expect("ports lock");
+        for (tmp, _) in &ports[next..] {
+            reservations.release(tmp);
+        }
+    }
+    if let Some(e) = error {
+        warn!(error = %e, created, "creating game-server pods");
+        return Err((created, e));
     }
     info!(created, "created game-server pods");
     Ok(created)
+}
+
+/// Host ports for `count` new pods of a `Dynamic` fleet, reserved (under temporary
+/// keys) before any is created, so concurrent reconciles never hand out the same.
+fn reserve_ports(fleet: &GameFleet, ns: &str, count: u32, ctx: &Context) -> Vec<(String, u16)> {
+    let mut reservations = ctx.ports.lock().expect("ports lock");
+    let all = ctx.pods.state();
+    let cached: HashSet<String> = all.iter().map(|p| LoadIndex::key(p)).collect();
+    let mut in_use: Vec<u16> = all.iter().filter_map(|p| host_port(p)).collect();
+    in_use.extend(reservations.pending(&cached));
+    let start = fleet.spec.ports.range_start.clamp(1, 65535) as u16;
+    let end = fleet.spec.ports.range_end.clamp(1, 65535) as u16;
+    let mut alloc = PortAllocator::new(start, end, in_use);
+    (0..count)
+        .map(|i| {
+            let port = alloc.allocate();
+            let tmp = format!("{ns}/pending-{}-{i}", uuid::Uuid::new_v4());
+            reservations.reserve(tmp.clone(), port);
+            (tmp, port)
+        })
+        .collect()
+}
+
+/// Creates one pod; its port reservation moves from the temporary key to the pod's.
+async fn create_one(
+    api: &Api<Pod>,
+    pod: Pod,
+    reserved: Option<(String, u16)>,
+    ctx: &Context,
+    key: &str,
+) -> std::result::Result<(), String> {
+    let out = api.create(&PostParams::default(), &pod).await;
+    if let Some((tmp, port)) = &reserved {
+        let mut reservations = ctx.ports.lock().expect("ports lock");
+        reservations.release(tmp);
+        if let Ok(p) = &out {
+            reservations.reserve(LoadIndex::key(p), *port);
+        }
+    }
+    match out {
+        Ok(p) => {
+            ctx.metrics.pods_created.inc();
+            ctx.expectations.created(key, p);
+            Ok(())
+        }
+        Err(e) => {
+            ctx.metrics.pod_create_errors.inc();
+            Err(e.to_string())
+        }
+    }
 }
 
 /// Marks busy servers not evictable and empty ones evictable (cluster autoscaler).
