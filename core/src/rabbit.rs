@@ -1,8 +1,10 @@
 //! RabbitMQ: work queues with dead-lettering, a reconnecting consumer that acks only
 //! after the handler says the message took effect, and a confirmed publisher.
 
+pub mod acks;
+
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,7 +15,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
+
+use acks::AckWindow;
 
 pub const PLAYER_COMMANDS: &str = "player_commands";
 pub const MATCHMAKING_EVENTS: &str = "matchmaking_events";
@@ -150,29 +154,47 @@ where
     *backoff = Backoff::default();
     let slots = Arc::new(Semaphore::new(spec.prefetch.max(1) as usize));
     let dead_queue = Arc::new(dead_letter_queue(&spec.queue));
+    let acks = Arc::new(AckSender::new(channel.clone(), spec.prefetch));
+    tokio::spawn(acks.clone().run());
+    // When the session ends, the sender acks what its handlers still finish, then stops.
+    let _closing = WakeOnDrop(acks.clone());
     while let Some(delivery) = deliveries.next().await {
         let delivery = Arc::new(delivery?);
         let permit = slots.clone().acquire_owned().await?;
         let handler = handler.clone();
         let channel = channel.clone();
         let dead_queue = dead_queue.clone();
+        let acks = acks.clone();
+        let tag = delivery.delivery_tag;
+        acks.delivered(tag);
         tokio::spawn(async move {
             let _permit = permit;
-            let tag = delivery.delivery_tag;
             let outcome = handler(delivery.clone()).await;
             let settled = match &outcome {
-                Outcome::Ack => channel.basic_ack(tag, BasicAckOptions::default()).await,
+                Outcome::Ack => {
+                    acks.took_effect(tag);
+                    Ok(())
+                }
                 Outcome::Retry => {
                     let requeue = BasicNackOptions {
                         requeue: true,
                         ..Default::default()
                     };
-                    channel.basic_nack(tag, requeue).await
+                    // Unless the nack went out, the delivery stays "being handled":
+                    // a multiple ack must never pass over it.
+                    let nacked = channel.basic_nack(tag, requeue).await;
+                    if nacked.is_ok() {
+                        acks.settled(tag);
+                    }
+                    nacked
                 }
                 Outcome::DeadLetter(reason) => {
                     tracing::warn!(queue = %dead_queue, %reason, "dead-lettering a message");
                     match publish_dead_letter(&channel, &dead_queue, &delivery, reason).await {
-                        Ok(()) => channel.basic_ack(tag, BasicAckOptions::default()).await,
+                        Ok(()) => {
+                            acks.took_effect(tag);
+                            Ok(())
+                        }
                         Err(e) => Err(e),
                     }
                 }
@@ -184,6 +206,84 @@ where
         });
     }
     Ok(())
+}
+
+/// Sends a channel's acks in batches ([`acks`]): handlers report outcomes, one task
+/// sends what may be acked whenever it runs, so outcomes that arrive together leave in
+/// one frame and none is delayed by a timer.
+struct AckSender {
+    channel: Channel,
+    window: Mutex<AckWindow>,
+    wake: Notify,
+    /// Acks held behind a slow delivery before they go one by one: half the prefetch, so
+    /// the broker keeps sending.
+    max_held: usize,
+}
+
+impl AckSender {
+    fn new(channel: Channel, prefetch: u16) -> Self {
+        AckSender {
+            channel,
+            window: Mutex::default(),
+            wake: Notify::new(),
+            max_held: usize::from(prefetch / 2),
+        }
+    }
+
+    fn window(&self) -> std::sync::MutexGuard<'_, AckWindow> {
+        self.window.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn delivered(&self, tag: u64) {
+        self.window().delivered(tag);
+    }
+
+    fn took_effect(&self, tag: u64) {
+        self.window().took_effect(tag);
+        self.wake.notify_one();
+    }
+
+    fn settled(&self, tag: u64) {
+        self.window().settled(tag);
+        self.wake.notify_one();
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            let acks = self.window().take(self.max_held);
+            let multiple = BasicAckOptions { multiple: true };
+            let sent = async {
+                if let Some(tag) = acks.up_to {
+                    self.channel.basic_ack(tag, multiple).await?;
+                }
+                for tag in acks.each {
+                    self.channel
+                        .basic_ack(tag, BasicAckOptions::default())
+                        .await?;
+                }
+                lapin::Result::Ok(())
+            };
+            if let Err(e) = sent.await {
+                // The channel is gone; the broker redelivers what was not acked.
+                tracing::warn!(error = %e, "could not ack; the messages will be redelivered");
+                return;
+            }
+            // The session and every handler are gone: nothing more will be acked.
+            if Arc::strong_count(&self) == 1 {
+                return;
+            }
+        }
+    }
+}
+
+/// Wakes the ack sender when its session ends, so it notices it is the last owner.
+struct WakeOnDrop(Arc<AckSender>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        self.0.wake.notify_one();
+    }
 }
 
 async fn publish_dead_letter(

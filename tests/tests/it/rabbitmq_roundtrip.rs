@@ -162,3 +162,88 @@ async fn poison_messages_are_dead_lettered_with_their_reason() {
     consumer.await.unwrap();
     delete(&publisher, &queue).await;
 }
+
+async fn next_delivery(rx: &mut mpsc::UnboundedReceiver<(u64, bool)>) -> (u64, bool) {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a delivery within 10 s")
+        .unwrap()
+}
+
+/// Acks go in batches (`multiple`), but never over a message whose handler has not
+/// finished: with the first message held, the others' acks still reach the broker (it
+/// sends the fifth past a prefetch of four), and when the held one asks to be retried it
+/// comes back, so nothing had acked it.
+#[tokio::test]
+async fn batched_acks_never_cover_a_message_still_being_handled() {
+    let url = tanks_testkit::require_rabbitmq();
+    let queue = tanks_testkit::unique("batched-acks");
+    let publisher = Publisher::connect(&url).await.expect("connect to RabbitMQ");
+    publisher.declare(&queue).await.expect("declare");
+    for n in 0..5 {
+        publisher
+            .publish_json(&queue, &serde_json::json!({"n": n}))
+            .await
+            .expect("publish");
+    }
+
+    let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let release = Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let consumer = tokio::spawn(rabbit::consume(
+        ConsumerSpec {
+            prefetch: 4,
+            ..spec(&url, &queue)
+        },
+        move |delivery| {
+            let (seen_tx, release) = (seen_tx.clone(), release.clone());
+            async move {
+                let body: serde_json::Value = serde_json::from_slice(&delivery.data).unwrap();
+                let n = body["n"].as_u64().unwrap();
+                seen_tx.send((n, delivery.redelivered)).unwrap();
+                if n != 0 || delivery.redelivered {
+                    return Outcome::Ack;
+                }
+                // The first delivery of message 0 waits, then did not take effect.
+                let held = release.lock().await.take();
+                if let Some(rx) = held {
+                    let _ = rx.await;
+                }
+                Outcome::Retry
+            }
+        },
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+    let mut first = Vec::new();
+    while first.len() < 5 {
+        first.push(next_delivery(&mut seen_rx).await);
+    }
+    first.sort();
+    assert_eq!(
+        first,
+        (0..5).map(|n| (n, false)).collect::<Vec<_>>(),
+        "message 4 arrived only if 1-3 were acked while 0 was held"
+    );
+    release_tx.send(()).unwrap();
+    assert_eq!(
+        next_delivery(&mut seen_rx).await,
+        (0, true),
+        "message 0 was never acked, so it came back"
+    );
+
+    let mut remaining = u32::MAX;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        remaining = message_count(&publisher, &queue).await;
+        if remaining == 0 {
+            break;
+        }
+    }
+    let _ = stop_tx.send(());
+    consumer.await.unwrap();
+    assert_eq!(remaining, 0);
+    delete(&publisher, &queue).await;
+}
