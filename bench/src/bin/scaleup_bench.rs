@@ -1,7 +1,8 @@
 //! Scale-up benchmark against the real kube-apiserver of `hack/devenv` with kwok nodes.
 //!
-//! In one run: (1) raw pod creation, the ceiling: N pods of the same shape as a fleet's
-//! (same template, distinct host ports), created directly at the same concurrency;
+//! In one run: (1) raw pod creation, the ceiling: N plain pods (the fleet's template
+//! without host port or affinity; with `--fleet-shape` also N pods of exactly the
+//! fleet's shape), created directly at the same concurrency;
 //! (2) a GameFleet scaled 0 -> N by the real `operator` binary (a child process). Both
 //! time "created" and "Running" (kwok marks pods Running) at 100 and at N, then the
 //! operator's reconcile cost per fleet event at N pods and its memory (RSS).
@@ -22,6 +23,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use tanks_operator::api::gamefleet::PortKind;
 use tanks_operator::api::{GameFleet, labels};
 use tanks_operator::domain::ports::PortAllocator;
 use tanks_operator::reconcile::pods;
@@ -44,6 +46,9 @@ struct Args {
     metrics_addr: Option<String>,
     #[arg(long)]
     skip_raw: bool,
+    /// Also create raw pods of the fleet's own shape (host ports, affinity).
+    #[arg(long)]
+    fleet_shape: bool,
     /// `Packed` or `Distributed`.
     #[arg(long, default_value = "Packed")]
     scheduling: String,
@@ -106,51 +111,12 @@ async fn main() -> anyhow::Result<()> {
 async fn run(client: &Client, ns: &str, fleet: &GameFleet, args: &Args) -> anyhow::Result<()> {
     let pods_api: Api<Pod> = Api::namespaced(client.clone(), ns);
     if !args.skip_raw {
-        let marks = watch_pods(pods_api.clone(), "bench=raw", args.pods);
-        let start = Instant::now();
-        let mut alloc = PortAllocator::new(7000, 8999, []);
-        let hash = pods::template_hash(fleet);
-        let shapes: Vec<Pod> = (0..args.pods)
-            .map(|_| {
-                let mut p = pods::build(fleet, &hash, Some(alloc.allocate()), "raw").expect("pod");
-                let labels = p.meta_mut().labels.get_or_insert_with(Default::default);
-                labels.remove(labels::FLEET);
-                labels.insert("bench".into(), "raw".into());
-                p.metadata.generate_name = Some("raw-".into());
-                p
-            })
-            .collect();
-        futures::stream::iter(shapes)
-            .for_each_concurrent(args.concurrency, |pod| {
-                let api = pods_api.clone();
-                async move {
-                    if let Err(e) = api.create(&PostParams::default(), &pod).await {
-                        eprintln!("raw create: {e}");
-                    }
-                }
-            })
-            .await;
-        let created = start.elapsed();
-        let m = marks.await??;
-        print_marks("raw pod creation", created, &m, args.pods);
-        eprintln!("deleting raw pods");
-        // A delete-collection of thousands of pods can outlive the HTTP request: retry
-        // until the list is empty.
-        let raw = ListParams::default().labels("bench=raw");
-        loop {
-            let left = pods_api
-                .list(&raw.clone().limit(1))
-                .await
-                .map(|l| l.items.len())
-                .unwrap_or(1);
-            if left == 0 {
-                break;
-            }
-            let dp = DeleteParams::default().grace_period(0);
-            if let Err(e) = pods_api.delete_collection(&dp, &raw).await {
-                eprintln!("delete raw pods (retrying): {e}");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        // The control plane's limit: plain pods, no host port, no affinity.
+        raw_run(&pods_api, fleet, args, RawShape::Plain).await?;
+        if args.fleet_shape {
+            // The fleet's own shape (a host port each, the placement affinity): what
+            // the shape itself costs the scheduler, without the operator.
+            raw_run(&pods_api, fleet, args, RawShape::Fleet).await?;
         }
     }
 
@@ -194,7 +160,7 @@ async fn run(client: &Client, ns: &str, fleet: &GameFleet, args: &Args) -> anyho
         anyhow::ensure!(Instant::now() < deadline, "operator not ready in 30 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rss_idle = rss_mib(pid);
+    let rss_idle = rss_mib(pid, "VmRSS:");
 
     let selector = format!("{}=bench", labels::FLEET);
     let marks = watch_pods(pods_api.clone(), &selector, args.pods);
@@ -212,6 +178,7 @@ async fn run(client: &Client, ns: &str, fleet: &GameFleet, args: &Args) -> anyho
     // Reconcile cost per fleet event at N pods: annotate the fleet 20 times.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = reconcile_sum_count(&metrics_url).await;
+    let cpu_before = cpu_seconds(pid);
     for i in 0..20 {
         fleets
             .patch(
@@ -224,17 +191,29 @@ async fn run(client: &Client, ns: &str, fleet: &GameFleet, args: &Args) -> anyho
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let after = reconcile_sum_count(&metrics_url).await;
+    let cpu = cpu_seconds(pid) - cpu_before;
     let (ds, dc) = (after.0 - before.0, after.1 - before.1);
+    let per = |total: f64| {
+        if dc > 0.0 {
+            total / dc * 1000.0
+        } else {
+            f64::NAN
+        }
+    };
+    // The wall time waits for a core on a loaded machine; the process's CPU time over
+    // the same seconds (its poller and watches included) does not.
     println!(
-        "| reconcile per fleet event at {} pods | {:.1} ms mean over {} reconciles |",
+        "| reconcile per fleet event at {} pods | {:.1} ms mean over {} reconciles; operator CPU {:.1} ms per reconcile |",
         args.pods,
-        if dc > 0.0 { ds / dc * 1000.0 } else { f64::NAN },
-        dc
+        per(ds),
+        dc,
+        per(cpu),
     );
     println!(
-        "| operator RSS | {rss_idle:.0} MiB idle, {:.0} MiB at {} pods |",
-        rss_mib(pid),
-        args.pods
+        "| operator RSS | {rss_idle:.0} MiB idle, {:.0} MiB at {} pods, peak {:.0} MiB |",
+        rss_mib(pid, "VmRSS:"),
+        args.pods,
+        rss_mib(pid, "VmHWM:"),
     );
     let _ = start;
     let _ = tokio::process::Command::new("kill")
@@ -242,6 +221,86 @@ async fn run(client: &Client, ns: &str, fleet: &GameFleet, args: &Args) -> anyho
         .status()
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum RawShape {
+    /// The fleet's template with neither host port nor affinity.
+    Plain,
+    /// Exactly the pods the operator makes (distinct host ports, placement affinity).
+    Fleet,
+}
+
+/// Creates `args.pods` pods directly at the operator's concurrency, times them to
+/// Running, then deletes them.
+async fn raw_run(
+    pods_api: &Api<Pod>,
+    fleet: &GameFleet,
+    args: &Args,
+    shape: RawShape,
+) -> anyhow::Result<()> {
+    let marks = watch_pods(pods_api.clone(), "bench=raw", args.pods);
+    let start = Instant::now();
+    let mut alloc = PortAllocator::new(7000, 8999, []);
+    let hash = pods::template_hash(fleet);
+    let shapes: Vec<Pod> = (0..args.pods)
+        .map(|_| {
+            let port = (shape == RawShape::Fleet).then(|| alloc.allocate());
+            let mut f = fleet.clone();
+            if shape == RawShape::Plain {
+                f.spec.ports.policy = PortKind::PodIp;
+            }
+            let mut p = pods::build(&f, &hash, port, "raw").expect("pod");
+            if shape == RawShape::Plain
+                && let Some(spec) = p.spec.as_mut()
+            {
+                spec.affinity = None;
+                spec.topology_spread_constraints = None;
+            }
+            let labels = p.meta_mut().labels.get_or_insert_with(Default::default);
+            labels.remove(labels::FLEET);
+            labels.insert("bench".into(), "raw".into());
+            p.metadata.generate_name = Some("raw-".into());
+            p
+        })
+        .collect();
+    futures::stream::iter(shapes)
+        .for_each_concurrent(args.concurrency, |pod| {
+            let api = pods_api.clone();
+            async move {
+                if let Err(e) = api.create(&PostParams::default(), &pod).await {
+                    eprintln!("raw create: {e}");
+                }
+            }
+        })
+        .await;
+    let created = start.elapsed();
+    let m = marks.await??;
+    let what = match shape {
+        RawShape::Plain => "raw plain pods",
+        RawShape::Fleet => "raw pods of the fleet's shape",
+    };
+    print_marks(what, created, &m, args.pods);
+    eprintln!("deleting raw pods");
+    // A delete-collection of thousands of pods can outlive the HTTP request: retry
+    // until the list is empty.
+    let raw = ListParams::default().labels("bench=raw");
+    loop {
+        let left = pods_api
+            .list(&raw.clone().limit(1))
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(1);
+        if left == 0 {
+            break;
+        }
+        let dp = DeleteParams::default().grace_period(0);
+        if let Err(e) = pods_api.delete_collection(&dp, &raw).await {
+            eprintln!("delete raw pods (retrying): {e}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     Ok(())
 }
 
@@ -345,11 +404,27 @@ fn kwok_node(name: &str, group: &str, pods: usize) -> anyhow::Result<Node> {
     }))?)
 }
 
-fn rss_mib(pid: u32) -> f64 {
+/// The process's user + system CPU time so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
+        })
+        .unwrap_or(f64::NAN);
+    // USER_HZ: 100 on Linux.
+    ticks / 100.0
+}
+
+/// A memory line of the process's status in MiB: `VmRSS:` now, `VmHWM:` its peak.
+fn rss_mib(pid: u32, line: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(line)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|kb| kb.parse::<f64>().ok())
