@@ -17,6 +17,7 @@ use tanks_core::rabbit::{MATCHMAKING_EVENTS, PLAYER_COMMANDS};
 use tanks_core::token::TokenSigner;
 
 use crate::rate_limit::RateLimit;
+use crate::revocation::{RevocationSettings, WhenUnavailable};
 use crate::rules::Rules;
 use crate::sessions::ManagerConfig;
 use crate::tcp::TcpLimits;
@@ -99,6 +100,20 @@ pub struct Args {
     /// File holding the control interface's bearer secret.
     #[arg(long, env = "GAMESERVER_CONTROL_SECRET_FILE")]
     pub control_secret_file: Option<PathBuf>,
+    /// The auth server's Redis, where a logout revokes its token: joins with a revoked
+    /// token are refused. Without it, a logged-out token joins until it expires.
+    #[arg(long, env = "GAMESERVER_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// The auth server's Redis key prefix (its `--redis-prefix`).
+    #[arg(long, env = "GAMESERVER_REDIS_PREFIX", default_value = tanks_core::protocol::auth::DEFAULT_REDIS_PREFIX)]
+    pub redis_prefix: String,
+    /// Longest wait for Redis at a join, milliseconds (the UDP thread waits).
+    #[arg(long, env = "GAMESERVER_REVOCATION_TIMEOUT_MS", default_value_t = 50)]
+    pub revocation_timeout_ms: u64,
+    /// When Redis cannot say whether a token was revoked: `open` lets it join (counted),
+    /// `closed` refuses it.
+    #[arg(long, env = "GAMESERVER_REVOCATION_WHEN_UNAVAILABLE", value_enum, default_value_t = WhenUnavailable::Open)]
+    pub revocation_when_unavailable: WhenUnavailable,
     /// The auth server, for TCP `LOGIN` (newline JSON over TCP).
     #[arg(long, env = "GAMESERVER_AUTH_ADDR", default_value = "127.0.0.1:8888")]
     pub auth_addr: String,
@@ -190,6 +205,8 @@ pub struct Settings {
     pub manager: ManagerConfig,
     pub require_token: bool,
     pub signer: TokenSigner,
+    /// Where logouts are checked at join (none: not checked).
+    pub revocation: Option<RevocationSettings>,
     pub control_secret: String,
     pub auth_addr: String,
     pub amqp_url: Option<String>,
@@ -219,6 +236,7 @@ impl Settings {
             manager: ManagerConfig::new("local", Rules::default()),
             require_token: false,
             signer: TokenSigner::from_key_file(None).expect("development key").0,
+            revocation: None,
             control_secret: DEVELOPMENT_CONTROL_SECRET.to_owned(),
             auth_addr: "127.0.0.1:8888".to_owned(),
             amqp_url: None,
@@ -347,6 +365,15 @@ impl Args {
         if self.amqp_url.is_none() {
             defaults.push("in-process command delivery");
         }
+        if self.redis_url.is_none() {
+            defaults.push("logged-out tokens not checked (no Redis)");
+        }
+        let revocation = self.redis_url.map(|redis_url| RevocationSettings {
+            redis_url,
+            prefix: self.redis_prefix,
+            timeout: Duration::from_millis(self.revocation_timeout_ms.max(1)),
+            when_unavailable: self.revocation_when_unavailable,
+        });
         let server = self
             .server_name
             .clone()
@@ -372,6 +399,7 @@ impl Args {
             manager,
             require_token: self.require_token,
             signer,
+            revocation,
             control_secret,
             auth_addr: self.auth_addr,
             amqp_url: self.amqp_url,

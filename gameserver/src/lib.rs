@@ -6,6 +6,7 @@
 //!   [`batch`]: their `recvmmsg`/`sendmmsg` batching.
 //! - [`tcp`]: text commands; [`control`]: the operator's interface;
 //!   [`commands`]: RabbitMQ consumers and the broker command path.
+//! - [`revocation`]: logged-out tokens refused at join.
 //! - [`server`]: wiring and the drain; [`config`]: flags.
 #![forbid(unsafe_code)]
 
@@ -18,6 +19,7 @@ pub mod moves;
 pub mod outbox;
 pub mod pool;
 pub mod rate_limit;
+pub mod revocation;
 pub mod rules;
 pub mod server;
 pub mod sessions;

@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Commands by `type` (move, shoot, join, leave, login...), `path` (direct,
     /// broker, tcp) and `result`.
     pub commands: IntCounterVec,
+    /// Join-time revocation checks, by `result` (see [`crate::revocation`]).
+    pub revocation_checks: IntCounterVec,
     pub tcp_connections: IntGauge,
     pub events: EventMetrics,
 }
@@ -81,6 +83,17 @@ impl Metrics {
         registry
             .register(Box::new(commands.clone()))
             .expect("unique metric");
+        let revocation_checks = IntCounterVec::new(
+            Opts::new(
+                "revocation_checks_total",
+                "Join-time checks of a token's revocation, by result: revoked, not_revoked, cached, unavailable",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(revocation_checks.clone()))
+            .expect("unique metric");
         Self {
             datagrams_in: counter("datagrams_received_total", "UDP datagrams received"),
             datagrams_out: counter("datagrams_sent_total", "UDP datagrams sent"),
@@ -99,6 +112,7 @@ impl Metrics {
                 "Ticks that started more than one period late",
             ),
             commands,
+            revocation_checks,
             tcp_connections: gauge("tcp_connections", "Open TCP command connections"),
             events: EventMetrics::register(&registry).expect("unique metric"),
             registry,

@@ -14,6 +14,7 @@ use crate::commands::{self, MatchmakingEventConsumer, PlayerCommandConsumer};
 use crate::config::{CommandPath, Settings};
 use crate::control::{self, ControlState};
 use crate::metrics::Metrics;
+use crate::revocation::RevocationCheck;
 use crate::sessions::SessionManager;
 use crate::tcp::{self, TcpContext};
 use crate::tick::{TickControl, Ticker};
@@ -93,6 +94,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings.rate_limit,
         metrics.clone(),
     );
+    let handler = match settings.revocation.clone() {
+        Some(r) => {
+            handler.with_revocations(RevocationCheck::new(r, metrics.revocation_checks.clone()))
+        }
+        None => handler,
+    };
     let stop = stop_udp.clone();
     let udp_thread = std::thread::Builder::new()
         .name("udp-recv".into())

@@ -19,13 +19,14 @@ use prometheus::IntCounter;
 use socket2::{Domain, Protocol, Socket, Type};
 use tanks_core::protocol::game::broker::PlayerCommand;
 use tanks_core::protocol::game::udp::{Datagram, MSG_LEFT, MSG_NOT_IN_GAME, Reply, parse_datagram};
-use tanks_core::token::TokenSigner;
+use tanks_core::token::{Claims, TokenSigner};
 
 use crate::batch::Receiver;
 use crate::commands::CommandBus;
 use crate::config::CommandPath;
 use crate::metrics::Metrics;
 use crate::rate_limit::{RateLimit, RateLimiter};
+use crate::revocation::RevocationCheck;
 use crate::sessions::{InputError, JoinOutcome, SessionManager};
 
 pub type SharedManager = Arc<Mutex<SessionManager>>;
@@ -80,6 +81,8 @@ pub struct UdpHandler {
     metrics: Metrics,
     hot: HotCounters,
     limiter: RateLimiter,
+    /// Logged-out tokens, checked at join (none: not checked).
+    revocations: Option<RevocationCheck>,
     reply: Vec<u8>,
 }
 
@@ -112,8 +115,15 @@ impl UdpHandler {
             metrics,
             hot,
             limiter: RateLimiter::new(limit, MAX_SOURCES),
+            revocations: None,
             reply: Vec::with_capacity(512),
         }
+    }
+
+    /// Refuses joins with tokens revoked by a logout.
+    pub fn with_revocations(mut self, check: RevocationCheck) -> Self {
+        self.revocations = Some(check);
+        self
     }
 
     /// Receives until `stop` is set (checked at least every read timeout).
@@ -290,7 +300,12 @@ impl UdpHandler {
     ) {
         let bound = match token {
             Some(token) => match self.signer.verify(token) {
-                Ok(claims) if claims.sub == player_id => true,
+                Ok(claims) if claims.sub == player_id => {
+                    if let Some(reason) = self.revoked(&claims) {
+                        return self.join_failed(reason, from);
+                    }
+                    true
+                }
                 Ok(_) => return self.join_failed(MSG_TOKEN_MISMATCH, from),
                 Err(_) => return self.join_failed(MSG_BAD_TOKEN, from),
             },
@@ -332,6 +347,12 @@ impl UdpHandler {
         self.reply.clear();
         let _ = serde_json::to_writer(&mut self.reply, &reply);
         self.send_reply(from);
+    }
+
+    /// Why a valid token may not join: revoked by a logout, or (failing closed) not
+    /// checkable now.
+    fn revoked(&mut self, claims: &Claims) -> Option<&'static str> {
+        self.revocations.as_mut()?.refusal(&claims.jti, claims.exp)
     }
 
     fn join_failed(&mut self, reason: &'static str, from: SocketAddr) {

@@ -16,3 +16,4 @@ mod pod_runner;
 mod quickstart;
 mod rabbitmq_roundtrip;
 mod redis_roundtrip;
+mod token_revocation;
